@@ -1,0 +1,302 @@
+"""One typed config tree for every stage: YAML files loaded into dataclasses, dotted overrides.
+
+``load_config("configs/demo.yaml", ["train.steps=50"])`` returns a validated ``Config``. An unknown
+key or a value of the wrong type raises ``OvdetError`` naming the key and the file. Each stage
+receives its own sub-config (``cfg.train``, ``cfg.model``, ...), never the whole tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ovdet.errors import OvdetError
+
+
+@dataclass
+class SynthConfig:
+    """The synthetic open-vocabulary world (``ovdet synth``)."""
+
+    seed: int = 0
+    image_size: int = 192
+    num_detection: int = 600
+    num_grounding: int = 300
+    num_image_text: int = 600
+    num_eval: int = 150
+    min_objects: int = 1
+    max_objects: int = 8
+    min_scale: float = 0.12  # object side as a fraction of the image side
+    max_scale: float = 0.5
+    jpeg_quality: int = 90
+
+
+@dataclass
+class SourceConfig:
+    """One data source in its published format."""
+
+    name: str = ""
+    kind: Literal["detection", "grounding", "image_text"] = "detection"
+    format: Literal["coco", "odvg", "mdetr", "jsonl", "parquet", "wds"] = "coco"
+    paths: list[str] = field(default_factory=list)
+    image_root: str = ""
+    weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    """Sources and the shard stage (``ovdet shard``)."""
+
+    root: str = ""  # source paths and image roots are relative to this folder when not absolute
+    sources: list[SourceConfig] = field(default_factory=list)
+    samples_per_shard: int = 256
+    max_image_side: int = 0  # 0 keeps the original size
+    jpeg_quality: int = 92
+    max_image_pixels: int = 89_478_485  # PIL's decompression-bomb limit
+    ray_address: str = ""  # "" starts a local cluster; "auto" or host:port joins one
+    num_cpus: int = 2
+
+
+@dataclass
+class LoaderConfig:
+    """The training loader: mixing, decode, resize, vocabulary sampling."""
+
+    image_size: int = 192
+    batch_size: int = 8  # per rank
+    num_workers: int = 2
+    num_negatives: int = 60  # 50-80 negatives per image, OWL-ViT / YOLO-World
+    prompt_templates: list[str] = field(default_factory=lambda: ["a photo of a {}.", "a {}.", "{}"])
+    template_probability: float = 0.5
+    hflip_probability: float = 0.5
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The detector and its towers."""
+
+    name: str = "minilm-efficientnet-lite0"  # configs/models/NAME.yaml, a YAML path, or an open_clip name
+    pretrained: str = ""  # open_clip pretrained tag or checkpoint path ("" keeps the config's own)
+    head_width: int = 256
+    feature_indices: list[int] = field(default_factory=lambda: [3, 4])
+    objectness: bool = False  # OWLv2-style objectness head
+    freeze_text: bool = True
+    freeze_image: bool = False
+    lr_mult_text: float = 0.1
+    lr_mult_image: float = 1.0
+    grad_checkpointing: bool = False
+    prior_probability: float = 0.01  # classification bias prior, RetinaNet
+    text_chunk_size: int = 256
+
+
+@dataclass
+class LossConfig:
+    """Matching costs and loss weights (keys are the criterion's loss names)."""
+
+    classification: Literal["focal", "bce"] = "focal"
+    focal_alpha: float = 0.25  # focal loss, RetinaNet
+    focal_gamma: float = 2.0  # focal loss, RetinaNet
+    cost_class: float = 2.0  # matcher costs, MM-Grounding-DINO
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    image_loss: Literal["max_score", "max_size", "none"] = "max_score"
+    contrastive_temperature: float = 0.07
+    weights: dict[str, float] = field(
+        default_factory=lambda: {
+            "loss_labels": 2.0,
+            "loss_bbox": 5.0,
+            "loss_giou": 2.0,
+            "loss_contrastive": 0.5,
+            "loss_image": 1.0,
+        }
+    )
+
+
+@dataclass
+class TrainConfig:
+    """The trainer (``ovdet train``)."""
+
+    steps: int = 400
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 40
+    min_lr_ratio: float = 0.05
+    grad_accumulation: int = 1
+    grad_clip: float = 1.0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    zero_stage: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    resume: str = "latest"  # latest | none | a checkpoint path
+    max_nonfinite_steps: int = 5
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads per rank, 0 = torch's default
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation and inference (``ovdet eval`` / ``ovdet detect``)."""
+
+    gt: str = ""
+    image_root: str = ""
+    vocab: str = ""
+    prompt_templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    score_threshold: float = 0.0
+    max_detections: int = 100
+    nms_iou: float = 0.0  # 0 disables class-wise NMS
+    batch_size: int = 16
+
+
+@dataclass
+class Config:
+    """The whole tree; ``run_dir`` holds every stage's output."""
+
+    run_dir: str = "runs/demo"
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, cls: type = Config):
+    """Read YAML ``path`` (None: defaults only), apply ``key.sub=value`` overrides, validate."""
+    source = str(path) if path else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path:
+        raw = read_yaml(path)
+    for item in overrides or []:
+        apply_override(raw, item)
+    return build(cls, raw, source, prefix="")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise OvdetError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise OvdetError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise OvdetError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (``3``, ``true``, ``[1,2]``)."""
+    if "=" not in item:
+        raise OvdetError(f"override {item!r}: expected key.sub=value")
+    key, _, text = item.partition("=")
+    value = yaml.safe_load(text) if text.strip() else ""
+    parts = key.strip().split(".")
+    node: Any = raw
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            node = node[parse_index(part, key, node)]
+            continue
+        node = node.setdefault(part, {})
+    if isinstance(node, list):
+        node[parse_index(parts[-1], key, node)] = value
+    else:
+        node[parts[-1]] = value
+
+
+def parse_index(part: str, key: str, items: list) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise OvdetError(f"override {key!r}: {part!r} is not an index of a list of {len(items)}")
+    return int(part)
+
+
+def build(cls: type, raw: Any, source: str, prefix: str):
+    """Build dataclass ``cls`` from ``raw``, checking every key and type."""
+    if not isinstance(raw, dict):
+        raise OvdetError(f"{source}: {prefix or 'config'} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise OvdetError(f"{source}: unknown key '{prefix}{key}' (known: {', '.join(sorted(names))})")
+    values = {key: convert(hints[key], value, source, f"{prefix}{key}") for key, value in raw.items()}
+    return cls(**values)
+
+
+def convert(hint: Any, value: Any, source: str, key: str) -> Any:
+    """Check ``value`` against type ``hint``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, source, key + ".")
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise type_error(source, key, f"one of {list(typing.get_args(hint))}", value)
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise type_error(source, key, "a list", value)
+        (item_hint,) = typing.get_args(hint)[:1]
+        return [convert(item_hint, v, source, f"{key}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise type_error(source, key, "a mapping", value)
+        _, item_hint = typing.get_args(hint)
+        return {k: convert(item_hint, v, source, f"{key}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return convert(option, value, source, key)
+            except OvdetError:
+                continue
+        raise type_error(source, key, str(hint), value)
+    return convert_scalar(hint, value, source, key)
+
+
+def convert_scalar(hint: Any, value: Any, source: str, key: str) -> Any:
+    if hint is type(None):
+        if value is not None:
+            raise type_error(source, key, "null", value)
+        return None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise type_error(source, key, "true or false", value)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise type_error(source, key, "a number", value)
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise type_error(source, key, "an integer", value)
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise type_error(source, key, "a string", value)
+        return value
+    if hint is Any:
+        return value
+    raise TypeError(f"config field {key}: unsupported type {hint}")
+
+
+def type_error(source: str, key: str, expected: str, value: Any) -> OvdetError:
+    return OvdetError(f"{source}: key '{key}' must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
