@@ -1,0 +1,60 @@
+"""Text tower wrapper: chunked encoding and an embedding cache for fixed vocabularies."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TextEncoder(nn.Module):
+    """Encodes lists of strings into L2-normalised embeddings ``[N, D]``.
+
+    When the tower is frozen (or gradients are off) embeddings are cached by text, keyed by
+    (model name, prompt), and long vocabularies are encoded ``chunk_size`` texts at a time so a
+    1,203-name LVIS vocabulary times several prompt templates runs in bounded memory.
+    """
+
+    def __init__(self, clip_model: nn.Module, tokenizer, model_name: str, chunk_size: int = 256):
+        super().__init__()
+        self.clip = clip_model
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.chunk_size = chunk_size
+        self.is_frozen = False
+        self.cache: dict[tuple[str, str], torch.Tensor] = {}
+
+    def set_frozen(self, frozen: bool) -> None:
+        self.is_frozen = frozen
+        for param in self.clip.parameters():
+            param.requires_grad_(not frozen)
+        self.cache.clear()
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.is_frozen:
+            self.clip.eval()  # frozen tower: no dropout, so cached embeddings stay valid
+        else:
+            self.cache.clear()  # weights may change while training
+        return self
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        """``texts`` (N strings) -> ``[N, D]`` unit-norm embeddings."""
+        use_cache = self.is_frozen or not torch.is_grad_enabled()
+        if not use_cache:
+            return self.encode_chunked(texts)
+        missing = list(dict.fromkeys(t for t in texts if (self.model_name, t) not in self.cache))
+        if missing:
+            with torch.no_grad():
+                embeddings = self.encode_chunked(missing)
+            for text, embedding in zip(missing, embeddings, strict=True):
+                self.cache[(self.model_name, text)] = embedding
+        return torch.stack([self.cache[(self.model_name, t)] for t in texts])
+
+    def encode_chunked(self, texts: list[str]) -> torch.Tensor:
+        device = next(self.clip.parameters()).device
+        parts = []
+        for start in range(0, len(texts), self.chunk_size):
+            tokens = self.tokenizer(texts[start : start + self.chunk_size]).to(device)
+            parts.append(self.clip.encode_text(tokens, normalize=True).float())
+        return torch.cat(parts)
