@@ -1,0 +1,220 @@
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from ovdet.config import SynthConfig
+from ovdet.data.synthetic import (
+    CATEGORIES,
+    COLOURS,
+    NOVEL_NAMES,
+    SHAPES,
+    SPLITS,
+    generate_world,
+    sample_image,
+)
+from ovdet.errors import OvdetError
+
+SMALL = dict(image_size=96, num_detection=6, num_grounding=6, num_image_text=6, num_eval=6)
+NOVEL_IDS = {c["id"] for c in CATEGORIES if c["split"] == "novel"}
+
+
+def small_config(**changes) -> SynthConfig:
+    return SynthConfig(**{**SMALL, **changes})
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    generate_world(small_config(), out, progress=False)
+    return out
+
+
+def test_same_seed_gives_byte_identical_files(world, tmp_path):
+    generate_world(small_config(), tmp_path, progress=False)
+    assert file_hashes(tmp_path) == file_hashes(world)
+
+
+def test_different_seed_gives_different_images(world, tmp_path):
+    generate_world(small_config(seed=1), tmp_path, progress=False)
+    ours, theirs = file_hashes(world), file_hashes(tmp_path)
+    images = [name for name in ours if name.endswith(".jpg")]
+    assert len(images) == 24
+    assert all(ours[name] != theirs[name] for name in images)
+
+
+def test_split_contents_do_not_depend_on_other_split_sizes(world, tmp_path):
+    generate_world(small_config(num_detection=2, num_image_text=9), tmp_path, progress=False)
+    ours, theirs = file_hashes(world), file_hashes(tmp_path)
+    for name in (
+        "images/eval/000005.jpg",
+        "images/grounding/000003.jpg",
+        "eval.json",
+        "grounding_train.jsonl",
+    ):
+        assert ours[name] == theirs[name]
+
+
+def test_layout_has_every_split_and_file(world):
+    for split in SPLITS:
+        assert len(list((world / "images" / split).glob("*.jpg"))) == 6
+    for name in ("detection_train.json", "grounding_train.jsonl", "image_text_train.jsonl", "eval.json"):
+        assert (world / name).is_file()
+    summary = json.loads((world / "world.json").read_text())
+    assert summary["config"] == dataclasses.asdict(small_config())
+    assert summary["counts"]["eval"]["images"] == 6
+
+
+def test_images_are_jpeg_of_the_configured_size_without_exif(world):
+    image = Image.open(world / "images/detection/000000.jpg")
+    assert (image.format, image.size, image.mode) == ("JPEG", (96, 96), "RGB")
+    assert not image.getexif()
+
+
+def test_detection_json_annotates_only_base_categories_and_lists_all(world):
+    coco = json.loads((world / "detection_train.json").read_text())
+    assert [c["id"] for c in coco["categories"]] == list(range(1, 49))
+    assert [c["name"] for c in coco["categories"]] == [c["name"] for c in CATEGORIES]
+    assert coco["annotations"]
+    assert all(a["category_id"] not in NOVEL_IDS for a in coco["annotations"])
+    assert all(a["iscrowd"] == 0 and a["area"] > 0 for a in coco["annotations"])
+    assert [i["file_name"] for i in coco["images"]] == [f"detection/{i:06d}.jpg" for i in range(6)]
+
+
+def test_detection_images_still_contain_unannotated_novel_objects():
+    config = small_config(num_detection=40)
+    objects = [o for i in range(40) for o in sample_image(config, "detection", i).objects]
+    assert any(o.is_novel for o in objects)
+
+
+def test_detection_annotations_match_the_drawn_base_objects(world):
+    coco = json.loads((world / "detection_train.json").read_text())
+    for image in coco["images"]:
+        drawn = sample_image(small_config(), "detection", image["id"] - 1).objects
+        annotated = [a["category_id"] for a in coco["annotations"] if a["image_id"] == image["id"]]
+        assert annotated == [o.category_id for o in drawn if not o.is_novel]
+
+
+def test_eval_json_contains_novel_annotations(tmp_path):
+    generate_world(small_config(num_eval=20), tmp_path, progress=False)
+    coco = json.loads((tmp_path / "eval.json").read_text())
+    assert any(a["category_id"] in NOVEL_IDS for a in coco["annotations"])
+    assert any(a["category_id"] not in NOVEL_IDS for a in coco["annotations"])
+
+
+def test_every_colour_and_every_shape_occurs_in_some_base_category():
+    base = [c for c in CATEGORIES if c["split"] == "base"]
+    assert {c["colour"] for c in base} == set(COLOURS)
+    assert {c["shape"] for c in base} == set(SHAPES)
+
+
+def test_a_quarter_of_the_categories_are_novel():
+    assert len(CATEGORIES) == 48
+    assert len(NOVEL_NAMES) == 12
+    assert len(set(c["name"] for c in CATEGORIES)) == 48
+
+
+def test_boxes_lie_inside_the_image_with_sizes_in_the_scale_range(world):
+    config = small_config()
+    coco = json.loads((world / "eval.json").read_text())
+    size = config.image_size
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= size and y + h <= size
+        # the longest side of a rotated shape's box is between side/sqrt(2) and side*sqrt(2)
+        assert (
+            config.min_scale * size / math.sqrt(2) - 1
+            <= max(w, h)
+            <= config.max_scale * size * math.sqrt(2) + 1
+        )
+
+
+def test_object_counts_are_within_the_configured_range():
+    config = small_config(num_eval=30)
+    counts = [len(sample_image(config, "eval", i).objects) for i in range(30)]
+    assert all(1 <= n <= 8 for n in counts)
+    assert len(set(counts)) > 2
+
+
+def test_odvg_spans_slice_the_caption_to_the_phrase(world):
+    rows = read_jsonl(world / "grounding_train.jsonl")
+    assert [r["filename"] for r in rows] == [f"grounding/{i:06d}.jpg" for i in range(6)]
+    for row in rows:
+        caption, regions = row["grounding"]["caption"], row["grounding"]["regions"]
+        assert regions and (row["height"], row["width"]) == (96, 96)
+        for region in regions:
+            assert region["phrase"] not in NOVEL_NAMES
+            x1, y1, x2, y2 = region["bbox"]
+            assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
+            assert [caption[s:e] for s, e in region["tokens_positive"]] == [region["phrase"]]
+
+
+def test_grounding_caption_mentions_no_novel_category(world):
+    for row in read_jsonl(world / "grounding_train.jsonl"):
+        assert not any(name in row["grounding"]["caption"] for name in NOVEL_NAMES)
+
+
+def test_image_text_captions_name_every_object_including_novel(tmp_path):
+    config = small_config(num_image_text=30)
+    generate_world(config, tmp_path, progress=False)
+    rows = read_jsonl(tmp_path / "image_text_train.jsonl")
+    saw_novel = False
+    for index, row in enumerate(rows):
+        assert row["image"] == f"image_text/{index:06d}.jpg" and set(row) == {"image", "caption"}
+        for obj in sample_image(config, "image_text", index).objects:
+            assert obj.name in row["caption"]
+            saw_novel |= obj.is_novel
+    assert saw_novel
+
+
+def test_vocab_lists_splits_synonyms_and_prompts(world):
+    vocab = yaml.safe_load((world / "vocab.yaml").read_text())
+    assert [c["name"] for c in vocab["categories"] if c["split"] == "novel"] == NOVEL_NAMES
+    red_circle = vocab["categories"][0]
+    assert red_circle["name"] == "red circle" and "crimson circle" in red_circle["synonyms"]
+    assert all(c["synonyms"] and c["name"] not in c["synonyms"] for c in vocab["categories"])
+    assert vocab["prompts"] == ["a photo of a {}."]
+
+
+def test_rerun_with_the_same_config_is_a_no_op(world):
+    before = {p: p.stat().st_mtime_ns for p in world.rglob("*")}
+    summary = generate_world(small_config(), world, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in world.rglob("*")} == before
+    assert summary["counts"]["detection"]["images"] == 6
+
+
+def test_a_different_config_into_the_same_dir_raises_unless_overwrite(tmp_path):
+    generate_world(small_config(), tmp_path, progress=False)
+    with pytest.raises(OvdetError, match="different world"):
+        generate_world(small_config(seed=3, num_eval=2), tmp_path, progress=False)
+    generate_world(small_config(seed=3, num_eval=2), tmp_path, overwrite=True, progress=False)
+    assert len(list((tmp_path / "images/eval").glob("*.jpg"))) == 2
+    assert json.loads((tmp_path / "world.json").read_text())["config"]["seed"] == 3
+
+
+def test_a_non_empty_dir_without_a_world_raises(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OvdetError, match="no world.json"):
+        generate_world(small_config(), tmp_path, progress=False)
+
+
+def test_invalid_config_raises_naming_the_key(tmp_path):
+    with pytest.raises(OvdetError, match="max_scale"):
+        generate_world(small_config(max_scale=0.9), tmp_path, progress=False)
