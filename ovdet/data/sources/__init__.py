@@ -1,0 +1,213 @@
+"""Source readers: every published format in, unified ``Record``s out.
+
+``iter_source(source, root)`` yields, in file order, one item per input record: a valid
+``Record`` or a ``RecordError`` naming the record and a short reason. Bad records never raise
+and are never dropped silently (records + rejections = input records). A file that cannot be
+parsed at all raises ``OvdetError("path:line: ...")``. Validation here looks at annotations
+only; decoding the image is ``ovdet.data.images.load_image``'s job.
+
+The helpers below are shared by the readers (``coco``, ``odvg``, ``mdetr``, ``image_text``).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ovdet.config import SourceConfig
+from ovdet.data.records import Phrase, Record
+from ovdet.errors import OvdetError, RecordError
+
+# Readers are imported on first use: pyarrow is loaded only for parquet sources.
+READERS = {
+    "coco": "ovdet.data.sources.coco:read_coco",
+    "odvg": "ovdet.data.sources.odvg:read_odvg",
+    "mdetr": "ovdet.data.sources.mdetr:read_mdetr",
+    "jsonl": "ovdet.data.sources.image_text:read_image_text_jsonl",
+    "parquet": "ovdet.data.sources.image_text:read_image_text_parquet",
+    "wds": "ovdet.data.sources.image_text:read_webdataset",
+}
+
+
+def iter_source(source: SourceConfig, root: Path) -> Iterator[Record | RecordError]:
+    """Yield a ``Record`` or ``RecordError`` per input record of ``source``, in file order.
+
+    Paths and the image root are resolved against ``root`` when relative. A key seen twice
+    (after sanitizing) is rejected as ``"duplicate key"`` so keys stay unique in the shards.
+    """
+    if source.format not in READERS:
+        raise OvdetError(f"source {source.name!r}: unknown format {source.format!r}")
+    module_name, _, function_name = READERS[source.format].partition(":")
+    reader = getattr(importlib.import_module(module_name), function_name)
+    seen_keys: set[str] = set()
+    for item in reader(source, Path(root)):
+        if isinstance(item, Record):
+            if item.key in seen_keys:
+                item = RecordError(item.key, "duplicate key")
+            else:
+                seen_keys.add(item.key)
+        yield item
+
+
+class BadRecord(Exception):
+    """Raised inside a reader to reject the record being built; turned into a ``RecordError``."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def make_key(source_name: str, original_id: Any) -> str:
+    """Tar-safe unique key ``"{source}-{id}"``: every character outside [A-Za-z0-9_-] becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{source_name}-{original_id}")
+
+
+def resolve(path: str, root: Path) -> Path:
+    """``path`` made absolute against ``root`` (normalized, symlinks kept)."""
+    return Path(os.path.normpath(os.path.join(os.path.abspath(root), os.path.expanduser(path))))
+
+
+def image_root(source: SourceConfig, root: Path) -> Path:
+    """The folder relative image paths are read from: ``source.image_root`` or else ``root``."""
+    return resolve(source.image_root, root) if source.image_root else resolve(".", root)
+
+
+def input_files(source: SourceConfig, root: Path) -> list[Path]:
+    """``source.paths`` resolved; glob patterns expand in sorted order. A missing file is fatal."""
+    if not source.paths:
+        raise OvdetError(f"source {source.name!r}: no paths given")
+    files: list[Path] = []
+    for entry in source.paths:
+        path = resolve(entry, root)
+        if glob.has_magic(str(path)):
+            matches = sorted(glob.glob(str(path)))
+            if not matches:
+                raise OvdetError(f"{path}: no file matches this pattern (source {source.name!r})")
+            files.extend(Path(m) for m in matches)
+        elif not path.is_file():
+            raise OvdetError(f"{path}: no such file (source {source.name!r})")
+        else:
+            files.append(path)
+    return files
+
+
+def read_json(path: Path) -> Any:
+    """Parse a whole JSON file; a syntax error is ``OvdetError("path:line: ...")``."""
+    try:
+        with open(path, "rb") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise OvdetError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise OvdetError(f"{path}:1: invalid UTF-8: {exc.reason}") from None
+    except OSError as exc:
+        raise OvdetError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, value)`` per non-blank line; a bad line is ``OvdetError("path:line: ...")``."""
+    try:
+        with open(path, "rb") as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    yield line_number, json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise OvdetError(f"{path}:{line_number}: invalid JSON: {exc.msg}") from None
+                except UnicodeDecodeError as exc:
+                    raise OvdetError(f"{path}:{line_number}: invalid UTF-8: {exc.reason}") from None
+    except OSError as exc:
+        raise OvdetError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def image_size(width: Any, height: Any) -> tuple[int, int]:
+    """The annotated image size as positive ints; ``BadRecord`` when missing or invalid."""
+    if width is None or height is None:
+        raise BadRecord("image size missing")
+    if not is_number(width) or not is_number(height) or width <= 0 or height <= 0:
+        raise BadRecord(f"invalid image size {width}x{height}")
+    if width != int(width) or height != int(height):
+        raise BadRecord(f"invalid image size {width}x{height}")
+    return int(width), int(height)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_box(what: str, box: Any, width: int, height: int) -> tuple[list[float], bool]:
+    """Validate one xyxy box against the image; return it clipped and whether clipping happened.
+
+    Rejects (``BadRecord``) non-numeric, NaN, infinite, zero/negative-size boxes and boxes
+    entirely outside the image; a box partly outside is clipped to the image.
+    """
+    if not isinstance(box, list | tuple) or len(box) != 4 or not all(is_number(v) for v in box):
+        raise BadRecord(f"{what} is not 4 numbers")
+    if any(math.isnan(v) for v in box):
+        raise BadRecord(f"{what} has NaN coordinates")
+    if any(math.isinf(v) for v in box):
+        raise BadRecord(f"{what} has infinite coordinates")
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x2 <= x1 or y2 <= y1:
+        raise BadRecord(f"{what} has zero or negative size")
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        raise BadRecord(f"{what} is outside the image")
+    clipped = [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
+    return clipped, clipped != [x1, y1, x2, y2]
+
+
+def xywh_to_xyxy(box: Any) -> Any:
+    """COCO ``[x, y, w, h]`` to ``[x1, y1, x2, y2]``; anything else is passed on for ``check_box``."""
+    if isinstance(box, list | tuple) and len(box) == 4 and all(is_number(v) for v in box):
+        x, y, w, h = box
+        return [x, y, x + w, y + h]
+    return box
+
+
+def check_spans(what: str, spans: Any, caption: str) -> list[tuple[int, int]]:
+    """Validate ``[[start, end], ...]`` character spans into ``caption``."""
+    if not isinstance(spans, list) or not spans:
+        raise BadRecord(f"{what} has no spans")
+    checked = []
+    for span in spans:
+        if not isinstance(span, list | tuple) or len(span) != 2 or not all(isinstance(v, int) for v in span):
+            raise BadRecord(f"{what} span {span!r} is not [start, end]")
+        start, end = span
+        if not 0 <= start < end <= len(caption):
+            raise BadRecord(f"{what} span [{start}, {end}] is outside the caption (length {len(caption)})")
+        checked.append((start, end))
+    return checked
+
+
+def check_caption(caption: Any) -> str:
+    if caption is None:
+        raise BadRecord("missing caption")
+    if not isinstance(caption, str):
+        raise BadRecord("caption is not a string")
+    if not caption.strip():
+        raise BadRecord("empty caption")
+    return caption
+
+
+def span_text(caption: str, spans: Iterable[tuple[int, int]]) -> str:
+    """The caption text of ``spans`` joined by a space (MDETR / GLIP convention)."""
+    return " ".join(caption[start:end] for start, end in spans)
+
+
+def group_phrases(caption: str, box_spans: list[list[tuple[int, int]]]) -> list[Phrase]:
+    """One ``Phrase`` per distinct span set, in first-seen order, pointing to every box that has it."""
+    phrases: dict[tuple[tuple[int, int], ...], Phrase] = {}
+    for index, spans in enumerate(box_spans):
+        group = tuple(sorted(spans))
+        if group not in phrases:
+            phrases[group] = Phrase(span_text(caption, group), list(group), [])
+        phrases[group].box_indices.append(index)
+    return list(phrases.values())

@@ -1,0 +1,83 @@
+"""MDETR-style grounding JSON (GoldG, Flickr30k Entities, RefCOCO/+/g).
+
+COCO layout where each image carries a ``caption`` and each annotation carries
+``tokens_positive``: ``[[start, end], ...]`` character spans into that caption. One grounding
+record per image; each box is named by the caption text of its spans (joined by a space),
+boxes with the same span set share one ``Phrase``. Category ids are -1 (MDETR's single
+"object" category carries no meaning). Duplicate image ids and orphan annotations are handled as
+in ``coco``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ovdet.config import SourceConfig
+from ovdet.data.records import Record
+from ovdet.data.sources import (
+    check_box,
+    check_caption,
+    check_spans,
+    group_phrases,
+    image_root,
+    image_size,
+    input_files,
+    span_text,
+    xywh_to_xyxy,
+)
+from ovdet.data.sources.coco import image_file_name, read_coco_file
+from ovdet.errors import RecordError
+
+KEPT_IMAGE_FIELDS = ("dataset_name", "original_img_id", "original_id", "sentence_id")
+
+
+def read_mdetr(source: SourceConfig, root: Path) -> Iterator[Record | RecordError]:
+    """Grounding records of every MDETR JSON in ``source.paths``."""
+    images_dir = image_root(source, root)
+    for path in input_files(source, root):
+        yield from read_coco_file(path, source.name, images_dir, build_record=mdetr_record)
+
+
+def mdetr_record(
+    key: str,
+    source_name: str,
+    image: dict[str, Any],
+    annotations: list[dict[str, Any]],
+    categories: dict[int, dict[str, Any]],
+    images_dir: Path,
+) -> Record:
+    """The grounding record of one captioned image; ``BadRecord`` on the first invalid annotation.
+
+    ``categories`` is unused: MDETR names boxes by their caption spans.
+    """
+    width, height = image_size(image.get("width"), image.get("height"))
+    caption = check_caption(image.get("caption"))
+    record = Record(
+        key=key,
+        source=source_name,
+        kind="grounding",
+        image_path=str(images_dir / image_file_name(image, images_dir)),
+        width=width,
+        height=height,
+        caption=caption,
+        meta={"image_id": image["id"], "clipped_boxes": 0},
+    )
+    record.meta.update({k: image[k] for k in KEPT_IMAGE_FIELDS if k in image})
+    box_spans = [add_grounded_box(record, annotation) for annotation in annotations]
+    record.phrases = group_phrases(caption, box_spans)
+    return record
+
+
+def add_grounded_box(record: Record, annotation: dict[str, Any]) -> list[tuple[int, int]]:
+    """Append the annotation's box named by its caption spans; return the spans."""
+    what = f"annotation {annotation.get('id')}"
+    spans = sorted(check_spans(what, annotation.get("tokens_positive"), record.caption))
+    box, was_clipped = check_box(what, xywh_to_xyxy(annotation.get("bbox")), record.width, record.height)
+    record.boxes.append(box)
+    record.category_ids.append(-1)
+    record.category_names.append(span_text(record.caption, spans))
+    record.is_crowd.append(int(bool(annotation.get("iscrowd", 0))))
+    record.meta["clipped_boxes"] += int(was_clipped)
+    return spans
