@@ -1,0 +1,95 @@
+"""WebDataset tar shards: deterministic atomic writes, checksums, the manifest, random access.
+
+A shard holds ``KEY.jpg`` + ``KEY.json`` per sample (see docs/data-format.md). Tars are written
+with fixed mtime/owner so the same records always give byte-identical shards, under a temporary
+name first and renamed into place, so a killed writer never leaves a partial tar visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+REJECTED = "rejected.jsonl"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(temp, path)
+
+
+def write_tar_atomic(path: Path, samples: list[tuple[str, bytes, dict]]) -> None:
+    """Write ``(key, jpeg_bytes, record_json)`` samples to ``path`` atomically and reproducibly."""
+    import webdataset as wds
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temp, "wb") as stream:
+        writer = wds.TarWriter(stream, user="ovdet", group="ovdet", mtime=0.0)
+        for key, jpeg, record_json in samples:
+            payload = json.dumps(record_json, sort_keys=True).encode()
+            writer.write({"__key__": key, "jpg": jpeg, "json": payload})
+        writer.close()
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temp, path)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(shard_dir: Path) -> dict[str, Any]:
+    from ovdet.errors import OvdetError
+
+    path = Path(shard_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise OvdetError(f"{path}: no manifest; run `ovdet shard` first") from None
+    except json.JSONDecodeError as exc:
+        raise OvdetError(f"{path}:{exc.lineno}: invalid manifest JSON: {exc.msg}") from None
+
+
+@dataclass(frozen=True)
+class SampleLocation:
+    """Byte ranges of one sample's members inside a tar (for random access)."""
+
+    key: str
+    jpg_offset: int
+    jpg_size: int
+    json_offset: int
+    json_size: int
+
+
+def index_tar(path: Path) -> list[SampleLocation]:
+    """Scan tar headers (not data) and return each sample's member byte ranges, in tar order."""
+    members: dict[str, dict[str, tuple[int, int]]] = {}
+    with tarfile.open(path, "r:") as tar:
+        for info in tar:
+            key, _, ext = info.name.partition(".")
+            members.setdefault(key, {})[ext] = (info.offset_data, info.size)
+    return [
+        SampleLocation(key, *parts["jpg"], *parts["json"])
+        for key, parts in members.items()
+        if "jpg" in parts and "json" in parts
+    ]
+
+
+def read_range(stream: io.BufferedReader, offset: int, size: int) -> bytes:
+    stream.seek(offset)
+    return stream.read(size)
