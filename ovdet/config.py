@@ -66,6 +66,9 @@ class DataConfig:
 class LoaderConfig:
     """The training loader: mixing, decode, resize, vocabulary sampling."""
 
+    shard_dirs: list[str] = field(default_factory=list)  # [] = RUN_DIR/shards
+    sources: list[str] = field(default_factory=list)  # the manifest sources to read; [] = all
+    source_weights: dict[str, float] = field(default_factory=dict)  # overrides the data config's weights
     image_size: int = 192
     batch_size: int = 8  # per rank
     num_workers: int = 2
@@ -73,6 +76,7 @@ class LoaderConfig:
     prompt_templates: list[str] = field(default_factory=lambda: ["a photo of a {}.", "a {}.", "{}"])
     template_probability: float = 0.5
     hflip_probability: float = 0.5
+    min_scale: float = 0.75  # random letterbox scale jitter in [min_scale, 1]
     seed: int = 0
 
 

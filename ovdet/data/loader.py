@@ -1,0 +1,265 @@
+"""The training loader: mixes shard sets by weight, decodes, letterboxes, samples vocabularies.
+
+The sample stream is a deterministic function of (seed, global sample index k): block ``b`` of
+the stream draws, for each position, a source with probability proportional to its weight and
+takes that source's next sample from a seeded permutation. Global batch ``g`` is
+``stream[g*G : (g+1)*G]`` with ``G = batch_size * world_size``; rank ``r`` reads its slice, so
+ranks and DataLoader workers never see the same sample, and augmentation is seeded by ``k``,
+so the result does not depend on how the batch is split. The loader's whole state is the
+number of global samples consumed: saving and restoring it resumes exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from ovdet.config import LoaderConfig
+from ovdet.data.captions import extract_caption_phrases
+from ovdet.data.records import Record
+from ovdet.data.shards import SampleLocation, index_tar, read_manifest, read_range
+from ovdet.errors import OvdetError
+
+
+@dataclass
+class ShardSet:
+    """One source's shards as listed by a manifest."""
+
+    name: str
+    kind: str
+    weight: float
+    shards: list[Path]
+    names: list[str]
+
+
+def open_shard_sets(shard_dirs: list[Path], cfg: LoaderConfig) -> list[ShardSet]:
+    sets = []
+    for shard_dir in shard_dirs:
+        for name, source in read_manifest(shard_dir)["sources"].items():
+            if cfg.sources and name not in cfg.sources:
+                continue
+            weight = cfg.source_weights.get(name, source["weight"])
+            shards = [Path(shard_dir) / s["path"] for s in source["shards"] if s["count"] > 0]
+            if weight > 0 and shards:
+                sets.append(ShardSet(name, source["kind"], weight, shards, source["names"]))
+    missing = set(cfg.sources) - {s.name for s in sets}
+    if missing:
+        raise OvdetError(f"loader.sources: {sorted(missing)} not found (or empty) in {[str(d) for d in shard_dirs]}")
+    if not sets:
+        raise OvdetError(f"no samples to train on in {[str(d) for d in shard_dirs]}")
+    return sets
+
+
+class MixedSampleStream:
+    """Maps a global sample index k to ``(set_index, sample_index)``, deterministically."""
+
+    def __init__(self, sizes: list[int], weights: list[float], seed: int):
+        self.sizes = sizes
+        self.probabilities = np.asarray(weights, dtype=np.float64) / float(sum(weights))
+        self.seed = seed
+        self.block_size = int(sum(sizes))
+        self.blocks: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def locate(self, k: int) -> tuple[int, int]:
+        block, position = divmod(k, self.block_size)
+        set_index, sample_index = self.block(block)[position]
+        return int(set_index), int(sample_index)
+
+    def block(self, b: int) -> np.ndarray:
+        if b not in self.blocks:
+            self.blocks[b] = self.make_block(b)
+            if len(self.blocks) > 2:
+                self.blocks.popitem(last=False)
+        return self.blocks[b]
+
+    def make_block(self, b: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, b])
+        draws = rng.choice(len(self.sizes), size=self.block_size, p=self.probabilities)
+        out = np.zeros((self.block_size, 2), dtype=np.int64)
+        out[:, 0] = draws
+        for s, size in enumerate(self.sizes):
+            positions = np.flatnonzero(draws == s)
+            repeats = -(-len(positions) // size) if len(positions) else 0
+            order = np.concatenate([rng.permutation(size) for _ in range(repeats)] or [np.zeros(0, np.int64)])
+            out[positions, 1] = order[: len(positions)]
+        return out
+
+
+def letterbox(image: Image.Image, size: int, scale_factor: float = 1.0, flip: bool = False):
+    """Resize so the longer side is ``size * scale_factor``, paste top-left on a ``size`` square.
+
+    Returns ``(uint8 array [size, size, 3], scale)`` where scale maps original pixels to input pixels.
+    """
+    width, height = image.size
+    scale = size * scale_factor / max(width, height)
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image.draft("RGB", new_size)  # JPEG DCT downscaling: decode less when shrinking a lot
+    resized = image.convert("RGB").resize(new_size, Image.BILINEAR)
+    if flip:
+        resized = resized.transpose(Image.FLIP_LEFT_RIGHT)
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    canvas[: new_size[1], : new_size[0]] = np.asarray(resized)
+    return canvas, scale
+
+
+def transform_boxes(boxes: np.ndarray, scale: float, flip_width: float | None, size: int) -> np.ndarray:
+    """Original xyxy pixels -> normalized cxcywh of the letterboxed input."""
+    boxes = boxes * scale
+    if flip_width is not None:
+        boxes = np.stack([flip_width - boxes[:, 2], boxes[:, 1], flip_width - boxes[:, 0], boxes[:, 3]], axis=1)
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return np.stack([cx, cy, w, h], axis=1) / size
+
+
+class ShardSampleDataset(Dataset):
+    """Random access to shard samples by global stream index (see module docstring)."""
+
+    def __init__(self, sets: list[ShardSet], cfg: LoaderConfig):
+        self.sets = sets
+        self.cfg = cfg
+        self.locations: list[list[tuple[Path, SampleLocation]]] = [
+            [(shard, loc) for shard in s.shards for loc in index_tar(shard)] for s in sets
+        ]
+        self.stream = MixedSampleStream([len(x) for x in self.locations], [s.weight for s in sets], cfg.seed)
+        self.handles: dict[Path, Any] = {}
+
+    def __len__(self) -> int:  # the stream is infinite; one "epoch" is one block
+        return self.stream.block_size
+
+    def read(self, set_index: int, sample_index: int) -> tuple[bytes, Record]:
+        shard, loc = self.locations[set_index][sample_index]
+        if shard not in self.handles:
+            self.handles[shard] = open(shard, "rb")
+        stream = self.handles[shard]
+        jpeg = read_range(stream, loc.jpg_offset, loc.jpg_size)
+        record = Record.from_json(json.loads(read_range(stream, loc.json_offset, loc.json_size)))
+        return jpeg, record
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        set_index, sample_index = self.stream.locate(k)
+        jpeg, record = self.read(set_index, sample_index)
+        rng = np.random.default_rng([self.cfg.seed, 7, k])
+        return build_sample(jpeg, record, self.sets[set_index].names, self.cfg, rng)
+
+
+def build_sample(jpeg: bytes, record: Record, pool: list[str], cfg: LoaderConfig, rng) -> dict[str, Any]:
+    """Decode + augment one record and build its text list (positives first, then negatives)."""
+    scale_factor = rng.uniform(cfg.min_scale, 1.0)
+    flip = bool(rng.random() < cfg.hflip_probability)
+    pixels, scale = letterbox(Image.open(io.BytesIO(jpeg)), cfg.image_size, scale_factor, flip)
+    positives, box_labels, keep = positives_of(record)
+    boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)[keep]
+    flip_width = record.width * scale if flip else None
+    boxes = transform_boxes(boxes, scale, flip_width, cfg.image_size).astype(np.float32)
+    negatives = sample_negatives(pool, set(positives) | set(record.category_names), cfg.num_negatives, rng)
+    texts = [apply_template(t, record.kind, cfg, rng) for t in positives + negatives]
+    is_image_text = record.kind == "image_text"
+    return {
+        "image": torch.from_numpy(pixels).permute(2, 0, 1).contiguous(),
+        "texts": texts,
+        "labels": torch.as_tensor(box_labels, dtype=torch.long),
+        "boxes": torch.from_numpy(boxes),
+        "image_labels": torch.arange(len(positives)) if is_image_text else torch.zeros(0, dtype=torch.long),
+        "has_boxes": not is_image_text,
+        "key": record.key,
+        "kind": record.kind,
+    }
+
+
+def positives_of(record: Record) -> tuple[list[str], list[int], np.ndarray]:
+    """Positive texts, each kept box's index into them, and the mask of boxes kept."""
+    if record.kind == "image_text":
+        return extract_caption_phrases(record.caption), [], np.zeros(len(record.boxes), dtype=bool)
+    names = list(record.category_names)
+    if record.kind == "grounding":
+        for phrase in record.phrases:
+            for index in phrase.box_indices:
+                names[index] = phrase.text
+    crowd = record.is_crowd or [0] * len(names)
+    keep = np.array([not c for c in crowd], dtype=bool)
+    positives = list(dict.fromkeys(n for n, k in zip(names, keep, strict=True) if k))
+    labels = [positives.index(n) for n, k in zip(names, keep, strict=True) if k]
+    return positives, labels, keep
+
+
+def sample_negatives(pool: list[str], exclude: set[str], count: int, rng) -> list[str]:
+    candidates = [n for n in pool if n not in exclude]
+    if len(candidates) <= count:
+        return candidates
+    return [candidates[i] for i in sorted(rng.choice(len(candidates), size=count, replace=False))]
+
+
+def apply_template(text: str, kind: str, cfg: LoaderConfig, rng) -> str:
+    if kind == "grounding" or not cfg.prompt_templates or rng.random() >= cfg.template_probability:
+        return text
+    return cfg.prompt_templates[int(rng.integers(len(cfg.prompt_templates)))].format(text)
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    batch = {key: [s[key] for s in samples] for key in samples[0]}
+    batch["images"] = torch.stack(batch.pop("image"))
+    batch["has_boxes"] = torch.tensor(batch["has_boxes"], dtype=torch.bool)
+    return batch
+
+
+class RankBatchSampler:
+    """Yields this rank's slice of each global batch, from global batch ``start_batch`` on."""
+
+    def __init__(self, batch_size: int, rank: int, world_size: int, start_batch: int, num_batches: int):
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.start_batch, self.num_batches = start_batch, num_batches
+
+    def __iter__(self):
+        global_batch = self.batch_size * self.world_size
+        for g in range(self.start_batch, self.start_batch + self.num_batches):
+            first = g * global_batch + self.rank * self.batch_size
+            yield list(range(first, first + self.batch_size))
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+class TrainLoader:
+    """Stateful iterable of batches for one rank; ``state_dict`` is the global batches consumed."""
+
+    def __init__(self, shard_dirs: list[Path], cfg: LoaderConfig, rank: int = 0, world_size: int = 1):
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.sets = open_shard_sets(shard_dirs, cfg)
+        self.dataset = ShardSampleDataset(self.sets, cfg)
+        self.batches_consumed = 0
+
+    def iterate(self, num_batches: int):
+        """Yield ``num_batches`` batches from the current position, advancing it."""
+        sampler = RankBatchSampler(self.cfg.batch_size, self.rank, self.world_size, self.batches_consumed, num_batches)
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=self.cfg.num_workers,
+            collate_fn=collate,
+            persistent_workers=False,
+            prefetch_factor=4 if self.cfg.num_workers else None,
+        )
+        for batch in loader:
+            self.batches_consumed += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_consumed": self.batches_consumed, "seed": self.cfg.seed, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["seed"] != self.cfg.seed:
+            raise OvdetError(f"loader state was saved with seed {state['seed']}, config has {self.cfg.seed}")
+        global_consumed = state["batches_consumed"] * state["world_size"]
+        if global_consumed % self.world_size:
+            raise OvdetError(f"cannot resume {state['world_size']}-rank loader state on {self.world_size} ranks")
+        self.batches_consumed = state["batches_consumed"] * state["world_size"] // self.world_size
