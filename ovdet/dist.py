@@ -86,3 +86,7 @@ def all_reduce_sum(value: float) -> float:
     tensor = torch.tensor([float(value)], dtype=torch.float64)
     torch_dist.all_reduce(tensor)
     return float(tensor.item())
+
+
+def slurm_job_id() -> str | None:
+    return os.environ.get("SLURM_JOB_ID") or None

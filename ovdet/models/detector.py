@@ -87,6 +87,9 @@ class OpenVocabDetector(nn.Module):
         self.image_size = image_size
         self.backbone = ImageBackbone(clip_model.visual, spec["feature_indices"], image_size)
         clip_model.visual = nn.Identity()  # the text tower keeps the rest of the CLIP module
+        for name in ("logit_scale", "logit_bias"):  # CLIP's image-text scalars: unused here
+            if isinstance(getattr(clip_model, name, None), nn.Parameter):
+                setattr(clip_model, name, None)
         self.text = TextEncoder(clip_model, tokenizer, spec["name"], spec.get("text_chunk_size", 256))
         width = spec["head_width"]
         embed_dim = embed_dim_of(spec, clip_model)

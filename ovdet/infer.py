@@ -1,0 +1,166 @@
+"""Zero-shot inference with a custom vocabulary: the one code path behind eval, detect and the API.
+
+    from ovdet import Detector
+    detector = Detector.from_pretrained("runs/demo/train/final")   # or a published Hub folder
+    results = detector.detect(["street.jpg"], ["red car", "bicycle"])
+
+A model folder holds ``model.safetensors`` and ``model_spec.json`` (written by the trainer and by
+``ovdet publish``); loading reads safetensors only, nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ovdet.data.loader import letterbox
+from ovdet.errors import OvdetError
+from ovdet.ops.boxes import box_cxcywh_to_xyxy
+
+
+@dataclass
+class Detection:
+    """One detection in absolute pixels of the original image."""
+
+    box_xyxy: list[float]
+    label: str
+    label_index: int
+    score: float
+
+    def to_json(self) -> dict:
+        return {"box": [round(v, 2) for v in self.box_xyxy], "label": self.label, "score": round(self.score, 5)}
+
+
+def postprocess(
+    logits: torch.Tensor, boxes_cxcywh: torch.Tensor, scale: float, width: int, height: int,
+    input_size: int, top_k: int, score_threshold: float, nms_iou: float,
+) -> list[tuple[list[float], int, float]]:
+    """One image: logits ``[Q, C]``, boxes ``[Q, 4]`` normalized cxcywh -> top-k (xyxy px, class, score)."""
+    from torchvision.ops import batched_nms
+
+    scores = logits.sigmoid()  # (Q, C)
+    num_classes = scores.shape[1]
+    flat = scores.flatten()
+    k = min(top_k if nms_iou <= 0 else top_k * 4, flat.numel())
+    values, order = flat.topk(k)
+    queries, classes = order // num_classes, order % num_classes
+    boxes = box_cxcywh_to_xyxy(boxes_cxcywh[queries]) * input_size / scale
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    keep = values >= score_threshold
+    boxes, values, classes = boxes[keep], values[keep], classes[keep]
+    if nms_iou > 0:
+        kept = batched_nms(boxes, values, classes, nms_iou)[:top_k]
+        boxes, values, classes = boxes[kept], values[kept], classes[kept]
+    return [(b.tolist(), int(c), float(s)) for b, c, s in zip(boxes, classes, values, strict=True)]
+
+
+class Detector:
+    """A trained detector ready for zero-shot detection with any vocabulary."""
+
+    def __init__(self, model, spec: dict):
+        self.model = model.eval()
+        self.spec = spec
+        self.input_size = model.image_size
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> Detector:
+        """Load a model folder (trainer ``final/``, a published folder, or a Hub repo id)."""
+        from safetensors.torch import load_file
+
+        from ovdet.models.factory import create_detector
+
+        folder = resolve_model_folder(path)
+        spec = json.loads((folder / "model_spec.json").read_text())["spec"]
+        spec = localize_spec(spec, folder)
+        model = create_detector(spec, load_weights=False)
+        missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+        if missing or unexpected:
+            raise OvdetError(f"{folder}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        return cls(model, spec)
+
+    @torch.no_grad()
+    def class_embeddings(self, vocabulary: list[str], templates: list[str] | None = None) -> torch.Tensor:
+        """``[C, D]``: per class, the normalized mean of its prompt-template embeddings (CLIP ensembling)."""
+        templates = templates or ["{}"]
+        texts = [t.format(name) for name in vocabulary for t in templates]
+        embeddings = self.model.encode_texts(texts).view(len(vocabulary), len(templates), -1).mean(1)
+        return torch.nn.functional.normalize(embeddings, dim=-1)
+
+    @torch.no_grad()
+    def detect(
+        self, images, vocabulary: list[str], templates: list[str] | None = None, score_threshold: float = 0.1,
+        top_k: int = 100, nms_iou: float = 0.0, batch_size: int = 8, progress: bool = False,
+    ) -> list[list[Detection]]:
+        """Detect ``vocabulary`` in each image (paths or PIL images); one list of Detections per image."""
+        from tqdm import tqdm
+
+        if not vocabulary:
+            raise OvdetError("the vocabulary is empty")
+        embeds = self.class_embeddings(list(vocabulary), templates)
+        results = []
+        for start in tqdm(range(0, len(images), batch_size), desc="detect", disable=not progress):
+            chunk = [open_image(i) for i in images[start : start + batch_size]]
+            raw = self.detect_batch(chunk, embeds, score_threshold, top_k, nms_iou)
+            results.extend([[Detection(b, vocabulary[c], c, s) for b, c, s in image] for image in raw])
+        return results
+
+    def detect_batch(self, images: list[Image.Image], embeds: torch.Tensor, score_threshold, top_k, nms_iou):
+        arrays, scales = zip(*(letterbox(image, self.input_size) for image in images), strict=True)
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        text = embeds[None].expand(len(images), -1, -1)
+        mask = torch.ones(text.shape[:2], dtype=torch.bool)
+        output = self.model(pixels, text, mask)
+        logits = output.pred_logits
+        if output.objectness_logits is not None:
+            logits = logits + torch.nn.functional.logsigmoid(output.objectness_logits)[..., None]
+        return [
+            postprocess(logits[i], output.pred_boxes[i], scales[i], image.width, image.height, self.input_size,
+                        top_k, score_threshold, nms_iou)
+            for i, image in enumerate(images)
+        ]
+
+
+def open_image(item) -> Image.Image:
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    try:
+        with Image.open(item) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise OvdetError(f"{item}: cannot read image: {exc}") from None
+
+
+def resolve_model_folder(path: str | Path) -> Path:
+    folder = Path(path)
+    if folder.is_dir() and (folder / "model.safetensors").is_file():
+        return folder
+    if folder.is_dir() and (folder / "final" / "model.safetensors").is_file():
+        return folder / "final"
+    if not folder.exists() and str(path).count("/") == 1:
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.yaml", "tokenizer/*"]))
+        except Exception as exc:  # network errors come in many types; report one line
+            raise OvdetError(f"{path}: not a local model folder and cannot download it from the Hub: {exc}") from None
+    raise OvdetError(f"{path}: not a model folder (needs model.safetensors and model_spec.json)")
+
+
+def localize_spec(spec: dict, folder: Path) -> dict:
+    """A published folder carries its tokenizer/text config; point ``local:`` paths at it."""
+    if spec.get("kind") != "custom":
+        return spec
+    arch = dict(spec["arch"])
+    arch["text_cfg"] = {
+        k: str(folder / v[6:]) if isinstance(v, str) and v.startswith("local:") else v
+        for k, v in arch["text_cfg"].items()
+    }
+    arch.pop("vision_weights", None)
+    return {**spec, "arch": arch}

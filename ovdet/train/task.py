@@ -1,0 +1,58 @@
+"""One training task: detector + criterion -> (weighted total loss, named loss dict).
+
+This is the module DeepSpeed wraps; it is single-device code (no distributed imports).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ovdet.config import LossConfig
+from ovdet.losses.criterion import SetCriterion, weighted_sum
+from ovdet.losses.matcher import build_matcher
+from ovdet.models.detector import OpenVocabDetector
+
+
+class DetectionTask(nn.Module):
+    """``forward(batch) -> (total_loss, {loss_name: scalar})`` for a loader batch.
+
+    ``batch`` (see ``ovdet.data.loader.collate``): ``images`` uint8 [B, 3, S, S]; per image
+    ``texts`` (list of str), ``labels`` [N] (index into its texts), ``boxes`` [N, 4] normalized
+    cxcywh, ``image_labels`` [K] (caption positives of image-text samples); ``has_boxes`` [B].
+    """
+
+    def __init__(self, detector: OpenVocabDetector, loss_cfg: LossConfig):
+        super().__init__()
+        self.detector = detector
+        self.criterion = SetCriterion(build_matcher(loss_cfg), loss_cfg)
+        self.weights = dict(loss_cfg.weights)
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        device = self.detector.pixel_mean.device
+        text_embeds, text_mask = embed_text_lists(self.detector, batch["texts"])
+        outputs = self.detector(batch["images"].to(device), text_embeds, text_mask)
+        has_boxes = batch["has_boxes"].tolist()
+        targets = [
+            {"labels": labels.to(device), "boxes": boxes.to(device), "has_boxes": flag}
+            for labels, boxes, flag in zip(batch["labels"], batch["boxes"], has_boxes, strict=True)
+        ]
+        image_targets = [None if flag else labels.to(device) for labels, flag in zip(batch["image_labels"], has_boxes, strict=True)]
+        losses = self.criterion(outputs.as_matcher_input(text_mask), targets, image_targets)
+        return weighted_sum(losses, self.weights), losses
+
+
+def embed_text_lists(detector: OpenVocabDetector, texts: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode each distinct text of the batch once -> ``[B, T, D]`` embeddings and ``[B, T]`` mask."""
+    unique = list(dict.fromkeys(t for image_texts in texts for t in image_texts)) or [""]
+    position = {text: i for i, text in enumerate(unique)}
+    embeddings = detector.encode_texts(unique)  # (U, D)
+    width = max(1, max(len(t) for t in texts))
+    index = torch.zeros(len(texts), width, dtype=torch.long)
+    mask = torch.zeros(len(texts), width, dtype=torch.bool)
+    for b, image_texts in enumerate(texts):
+        index[b, : len(image_texts)] = torch.tensor([position[t] for t in image_texts], dtype=torch.long)
+        mask[b, : len(image_texts)] = True
+    return embeddings[index.to(embeddings.device)], mask.to(embeddings.device)
