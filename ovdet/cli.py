@@ -30,7 +30,7 @@ def setup_logging(log_file: Path | None = None, verbose: bool = False) -> None:
         handlers=handlers,
         force=True,
     )
-    for noisy in ("DeepSpeed", "deepspeed", "ray", "httpx", "PIL", "matplotlib", "urllib3", "filelock"):
+    for noisy in ("DeepSpeed", "deepspeed", "ray", "httpx", "PIL", "matplotlib", "urllib3", "filelock", "faster_coco_eval"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
