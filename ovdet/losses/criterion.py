@@ -1,0 +1,238 @@
+"""The training losses (DETR's ``SetCriterion``): one method per loss term, each a dict of named scalars.
+
+``SetCriterion(matcher, cfg)(outputs, targets, image_targets)`` returns the UNWEIGHTED losses
+``loss_labels``, ``loss_contrastive``, ``loss_bbox``, ``loss_giou`` and (unless
+``cfg.image_loss == "none"``) ``loss_image``; the caller applies ``cfg.weights`` with
+``weighted_sum``. ``docs/losses.md`` explains each term and the image-level variants.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+from ovdet import dist
+from ovdet.config import LossConfig
+from ovdet.losses.matcher import HungarianMatcher
+from ovdet.ops.boxes import box_cxcywh_to_xyxy
+
+
+class SetCriterion(nn.Module):
+    """Losses of an open-vocabulary set-prediction detector.
+
+    Images whose target has ``has_boxes=False`` (image-text samples) take no part in matching nor
+    in the box, label and contrastive losses, so their queries are not pushed to background; they
+    are supervised by ``loss_image`` alone through ``image_targets``.
+    """
+
+    def __init__(self, matcher: HungarianMatcher, cfg: LossConfig):
+        super().__init__()
+        self.matcher = matcher
+        self.cfg = cfg
+
+    def forward(
+        self,
+        outputs: dict[str, Tensor],
+        targets: list[dict[str, Tensor]],
+        image_targets: list[Tensor | None] | None = None,
+    ) -> dict[str, Tensor]:
+        """Compute every loss term.
+
+        Args:
+            outputs: ``"pred_logits"`` [B, Q, T] region-text logits; ``"pred_boxes"`` [B, Q, 4]
+                normalized cxcywh; optional ``"text_mask"`` [B, T] bool (True = real text);
+                optional ``"pred_similarity"`` [B, Q, T] region-text cosine similarity for
+                ``loss_contrastive``.
+            targets: B dicts: ``"labels"`` int64 [N_b] (indices into the image's texts),
+                ``"boxes"`` [N_b, 4] normalized cxcywh, optional ``"has_boxes"`` bool (default True;
+                when False, labels and boxes may be absent).
+            image_targets: B entries (or None for all None): int64 [P_b] indices of the texts the
+                caption names (positives), or None for an image that is not an image-text sample.
+
+        Returns:
+            Scalar losses keyed by name, unweighted.
+        """
+        box_targets = [boxes_only(t, outputs["pred_boxes"].device) for t in targets]
+        indices = self.matcher(outputs, box_targets)
+        num_boxes = global_num_boxes(box_targets)
+        losses = {}
+        losses.update(self.loss_labels(outputs, box_targets, indices, num_boxes))
+        losses.update(self.loss_contrastive(outputs, box_targets, indices))
+        losses.update(self.loss_boxes(outputs, box_targets, indices, num_boxes))
+        if self.cfg.image_loss != "none":
+            losses.update(self.loss_image(outputs, image_targets or [None] * len(targets)))
+        return losses
+
+    def loss_labels(
+        self,
+        outputs: dict[str, Tensor],
+        targets: list[dict[str, Tensor]],
+        indices: list[tuple[Tensor, Tensor]],
+        num_boxes: float,
+    ) -> dict[str, Tensor]:
+        """Sigmoid focal (or BCE) loss over every real (query, text) pair of images with boxes.
+
+        The target is 1 where the query is matched to a box of that text, else 0; the sum is
+        divided by ``num_boxes`` (Deformable-DETR). Returns ``{"loss_labels": scalar}``.
+        """
+        logits = outputs["pred_logits"]  # (bs, q, t)
+        target = matched_text_targets(logits, targets, indices)  # (bs, q, t)
+        has_boxes = torch.tensor([t["has_boxes"] for t in targets], device=logits.device)  # (bs,)
+        is_scored = has_boxes[:, None, None] & text_mask_of(outputs)[:, None, :]  # (bs, 1, t)
+        is_scored = is_scored.expand_as(logits)  # (bs, q, t)
+        # Select before the loss: padded texts may carry -inf logits, whose loss (and grad) is NaN.
+        logits, target = logits[is_scored], target[is_scored]  # (pairs,)
+        if self.cfg.classification == "focal":
+            alpha, gamma = self.cfg.focal_alpha, self.cfg.focal_gamma
+            loss = sigmoid_focal_loss(logits, target, alpha=alpha, gamma=gamma, reduction="sum")
+        else:
+            loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+        return {"loss_labels": loss / num_boxes}
+
+    def loss_contrastive(
+        self,
+        outputs: dict[str, Tensor],
+        targets: list[dict[str, Tensor]],
+        indices: list[tuple[Tensor, Tensor]],
+    ) -> dict[str, Tensor]:
+        """Region-text InfoNCE: each matched query's softmax over its image's real texts vs its label.
+
+        The similarity is ``pred_similarity / contrastive_temperature`` when the model gives cosine
+        similarities, else ``pred_logits`` as they are (they already carry the head's learned
+        scale; dividing them again would sharpen the softmax twice). Mean over matched queries;
+        0 (still attached to the graph) when nothing is matched. Returns ``{"loss_contrastive": scalar}``.
+        """
+        logits = outputs["pred_logits"]
+        batch_idx, query_idx = matched_query_index(indices)
+        if len(batch_idx) == 0:
+            return {"loss_contrastive": zero_loss(logits)}
+        if "pred_similarity" in outputs:
+            similarity = outputs["pred_similarity"] / self.cfg.contrastive_temperature  # (bs, q, t)
+        else:
+            similarity = logits  # (bs, q, t)
+        matched = similarity[batch_idx, query_idx]  # (m, t)
+        is_real = text_mask_of(outputs)[batch_idx]  # (m, t)
+        matched = matched.masked_fill(~is_real, torch.finfo(matched.dtype).min)
+        labels = matched_targets(targets, indices, "labels").long()  # (m,)
+        return {"loss_contrastive": F.cross_entropy(matched, labels)}
+
+    def loss_boxes(
+        self,
+        outputs: dict[str, Tensor],
+        targets: list[dict[str, Tensor]],
+        indices: list[tuple[Tensor, Tensor]],
+        num_boxes: float,
+    ) -> dict[str, Tensor]:
+        """L1 on cxcywh and 1 - GIoU on xyxy over matched pairs, each summed and divided by num_boxes.
+
+        Returns ``{"loss_bbox": scalar, "loss_giou": scalar}``.
+        """
+        batch_idx, query_idx = matched_query_index(indices)
+        pred = outputs["pred_boxes"][batch_idx, query_idx]  # (m, 4)
+        target = matched_targets(targets, indices, "boxes").to(pred)  # (m, 4)
+        loss_bbox = F.l1_loss(pred, target, reduction="sum")
+        loss_giou = generalized_box_iou_loss(
+            box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target), reduction="sum"
+        )
+        return {"loss_bbox": loss_bbox / num_boxes, "loss_giou": loss_giou / num_boxes}
+
+    def loss_image(self, outputs: dict[str, Tensor], image_targets: list[Tensor | None]) -> dict[str, Tensor]:
+        """Image-level BCE for image-text samples: caption texts are positives, the image's other
+        real texts negatives.
+
+        ``max_score`` (multiple-instance learning): a text's image logit is its max over queries.
+        ``max_size`` (Detic): the logits of the query with the largest predicted box. The sum over
+        (image, text) pairs is divided by the number of positives (at least 1).
+        Returns ``{"loss_image": scalar}``.
+        """
+        logits = outputs["pred_logits"]  # (bs, q, t)
+        rows = [b for b, positives in enumerate(image_targets) if positives is not None]
+        if not rows:
+            return {"loss_image": zero_loss(logits)}
+        rows_t = torch.tensor(rows, device=logits.device)  # (n,)
+        if self.cfg.image_loss == "max_score":
+            image_logits = max_score_logits(logits[rows_t])  # (n, t)
+        else:
+            image_logits = largest_box_logits(logits[rows_t], outputs["pred_boxes"][rows_t])  # (n, t)
+        target = torch.zeros_like(image_logits)
+        for row, b in enumerate(rows):
+            target[row, image_targets[b].to(logits.device).long()] = 1.0
+        is_real = text_mask_of(outputs)[rows_t]  # (n, t)
+        loss = F.binary_cross_entropy_with_logits(image_logits[is_real], target[is_real], reduction="sum")
+        return {"loss_image": loss / target.sum().clamp(min=1)}
+
+
+def weighted_sum(losses: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
+    """``sum(weights[k] * losses[k])`` over the keys of ``weights`` present in ``losses``."""
+    terms = [weight * losses[name] for name, weight in weights.items() if name in losses]
+    return sum(terms[1:], terms[0]) if terms else torch.zeros(())
+
+
+def zero_loss(tensor: Tensor) -> Tensor:
+    """A 0 that is still attached to the graph (so every rank's backward reaches the same
+    parameters), finite even where ``tensor`` holds -inf."""
+    return tensor[..., :0].sum()
+
+
+def boxes_only(target: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """The target with ``has_boxes`` made explicit; an image without boxes gets empty labels/boxes."""
+    has_boxes = bool(target.get("has_boxes", True))
+    if has_boxes:
+        return {**target, "has_boxes": True}
+    empty = {
+        "labels": torch.zeros(0, dtype=torch.int64, device=device),
+        "boxes": torch.zeros(0, 4, device=device),
+    }
+    return {**target, **empty, "has_boxes": False}
+
+
+def global_num_boxes(targets: list[dict[str, Tensor]]) -> float:
+    """Target boxes per rank, averaged over ranks and at least 1 (DETR's normalizer)."""
+    local = sum(len(t["labels"]) for t in targets)
+    return max(dist.all_reduce_sum(local) / dist.world_size(), 1.0)
+
+
+def text_mask_of(outputs: dict[str, Tensor]) -> Tensor:
+    """[B, T] bool: the model's text mask, or all True when every text is real."""
+    if "text_mask" in outputs:
+        return outputs["text_mask"].bool()
+    logits = outputs["pred_logits"]
+    return torch.ones(logits.shape[0], logits.shape[2], dtype=torch.bool, device=logits.device)
+
+
+def matched_query_index(indices: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """(batch_idx [M], query_idx [M]) of all matched queries, image by image (DETR's permutation idx)."""
+    batch_idx = torch.cat([torch.full_like(pred, b) for b, (pred, _) in enumerate(indices)])
+    query_idx = torch.cat([pred for pred, _ in indices])
+    return batch_idx, query_idx
+
+
+def matched_targets(
+    targets: list[dict[str, Tensor]], indices: list[tuple[Tensor, Tensor]], key: str
+) -> Tensor:
+    """[M, ...]: ``targets[b][key]`` of the matched targets, in the order of ``matched_query_index``."""
+    return torch.cat([t[key][tgt] for t, (_, tgt) in zip(targets, indices, strict=True)])
+
+
+def matched_text_targets(
+    logits: Tensor, targets: list[dict[str, Tensor]], indices: list[tuple[Tensor, Tensor]]
+) -> Tensor:
+    """[B, Q, T] float: 1 at (b, query, label of its matched target), 0 elsewhere."""
+    batch_idx, query_idx = matched_query_index(indices)
+    labels = matched_targets(targets, indices, "labels").long()  # (m,)
+    target = torch.zeros_like(logits)
+    target[batch_idx.to(logits.device), query_idx.to(logits.device), labels.to(logits.device)] = 1.0
+    return target
+
+
+def max_score_logits(logits: Tensor) -> Tensor:
+    """[N, Q, T] region-text logits -> [N, T] image-text logits, max over queries (MIL)."""
+    return logits.max(dim=1).values
+
+
+def largest_box_logits(logits: Tensor, boxes: Tensor) -> Tensor:
+    """[N, Q, T] logits, [N, Q, 4] cxcywh -> [N, T] logits of each image's largest predicted box (Detic)."""
+    largest = (boxes[..., 2] * boxes[..., 3]).argmax(dim=1)  # (n,)
+    return logits[torch.arange(len(logits), device=logits.device), largest]

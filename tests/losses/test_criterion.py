@@ -1,0 +1,249 @@
+"""SetCriterion: each loss term against hand-worked values, masking, image-text samples, gradients."""
+
+import math
+
+import pytest
+import torch
+
+from ovdet import dist
+from ovdet.config import LossConfig
+from ovdet.losses.criterion import SetCriterion, global_num_boxes, weighted_sum
+from ovdet.losses.matcher import build_matcher
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def make_criterion(**overrides) -> SetCriterion:
+    cfg = LossConfig(**overrides)
+    return SetCriterion(build_matcher(cfg), cfg)
+
+
+def one_query_outputs(p: float) -> dict[str, torch.Tensor]:
+    """One image, one query, one text with probability ``p``; the query's box is centred 0.3 wide."""
+    return {
+        "pred_logits": torch.tensor([[[logit(p)]]]),
+        "pred_boxes": torch.tensor([[[0.5, 0.5, 0.3, 0.3]]]),
+    }
+
+
+def positive_target() -> dict[str, torch.Tensor]:
+    return {"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.3, 0.3]])}
+
+
+def no_target() -> dict[str, torch.Tensor]:
+    return {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}
+
+
+def random_batch(
+    seed: int = 0, texts: int = 4
+) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Two images, 6 queries; image 0 has 2 boxes, image 1 has 3."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.rand(2, 6, 2, generator=generator) * 0.5 + 0.25
+    sizes = torch.rand(2, 6, 2, generator=generator) * 0.3 + 0.1
+    outputs = {
+        "pred_logits": torch.randn(2, 6, texts, generator=generator),
+        "pred_boxes": torch.cat([centres, sizes], dim=-1),
+    }
+    targets = [
+        {"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.2], [0.6, 0.6, 0.3, 0.2]])},
+        {
+            "labels": torch.tensor([1, 1, 3]),
+            "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.2, 0.7, 0.1, 0.2], [0.7, 0.3, 0.2, 0.3]]),
+        },
+    ]
+    return outputs, targets
+
+
+# -log(0.9) = 0.1054; -log(1 - 0.2) = 0.2231.
+# focal positive: 0.25 * (1 - 0.9)^2 * 0.1054 = 0.000263; negative: 0.75 * 0.2^2 * 0.2231 = 0.00669.
+@pytest.mark.parametrize(
+    "classification, p, is_positive, expected, tolerance",
+    [
+        ("bce", 0.9, True, 0.105, 5e-4),
+        ("bce", 0.2, False, 0.223, 5e-4),
+        ("focal", 0.9, True, 0.00026, 5e-6),
+        ("focal", 0.2, False, 0.0067, 5e-5),
+    ],
+)
+def test_loss_labels_matches_hand_worked_values(classification, p, is_positive, expected, tolerance):
+    criterion = make_criterion(classification=classification)
+    target = positive_target() if is_positive else no_target()
+    losses = criterion(one_query_outputs(p), [target])
+    assert losses["loss_labels"].item() == pytest.approx(expected, abs=tolerance)
+
+
+# Boxes in cxcywh. Disjoint: xyxy (0, 0, .2, .2) and (.4, 0, .6, .2): union .08, hull .6 x .2 = .12,
+# GIoU = -(.12 - .08) / .12 = -1/3, loss 4/3. Nested: a .2 box in a .4 box with the same centre:
+# IoU = .04 / .16 = GIoU, loss .75. L1 sums the four coordinate differences.
+@pytest.mark.parametrize(
+    "pred, target, loss_bbox, loss_giou",
+    [
+        ([0.1, 0.1, 0.2, 0.2], [0.5, 0.1, 0.2, 0.2], 0.4, 4.0 / 3.0),
+        ([0.5, 0.5, 0.4, 0.4], [0.5, 0.5, 0.2, 0.2], 0.4, 0.75),
+        ([0.3, 0.6, 0.2, 0.4], [0.3, 0.6, 0.2, 0.4], 0.0, 0.0),
+    ],
+)
+def test_loss_boxes_matches_hand_worked_values(pred, target, loss_bbox, loss_giou):
+    outputs = {"pred_logits": torch.zeros(1, 1, 1), "pred_boxes": torch.tensor([[pred]])}
+    targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([target]), "has_boxes": True}]
+    indices = [(torch.tensor([0]), torch.tensor([0]))]
+    losses = make_criterion().loss_boxes(outputs, targets, indices, num_boxes=1.0)
+    assert losses["loss_bbox"].item() == pytest.approx(loss_bbox, abs=1e-5)
+    assert losses["loss_giou"].item() == pytest.approx(loss_giou, abs=1e-5)
+
+
+def test_perfect_prediction_gives_zero_box_losses():
+    outputs, targets = random_batch()
+    outputs["pred_boxes"][0, [1, 4]] = targets[0]["boxes"]
+    outputs["pred_boxes"][1, [0, 2, 5]] = targets[1]["boxes"]
+    losses = make_criterion()(outputs, targets)
+    assert losses["loss_bbox"].item() == pytest.approx(0.0, abs=1e-6)
+    assert losses["loss_giou"].item() == pytest.approx(0.0, abs=1e-5)  # torchvision eps 1e-7 / area
+
+
+def test_loss_contrastive_matches_hand_worked_value():
+    # Matched query logits (2, 0), label 0: -log(e^2 / (e^2 + e^0)) = log(1 + e^-2) = 0.1269.
+    outputs = {
+        "pred_logits": torch.tensor([[[2.0, 0.0]]]),
+        "pred_boxes": torch.tensor([[[0.5, 0.5, 0.3, 0.3]]]),
+    }
+    losses = make_criterion()(outputs, [positive_target()])
+    assert losses["loss_contrastive"].item() == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-5)
+
+
+def test_loss_contrastive_divides_cosine_similarity_by_temperature():
+    # Similarity (.2, .1) / .1 = (2, 1): log(1 + e^-1) = 0.3133.
+    outputs = {
+        "pred_logits": torch.tensor([[[2.0, 0.0]]]),
+        "pred_similarity": torch.tensor([[[0.2, 0.1]]]),
+        "pred_boxes": torch.tensor([[[0.5, 0.5, 0.3, 0.3]]]),
+    }
+    losses = make_criterion(contrastive_temperature=0.1)(outputs, [positive_target()])
+    assert losses["loss_contrastive"].item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-5)
+
+
+def test_loss_contrastive_is_zero_with_grad_without_matches():
+    outputs = one_query_outputs(0.3)
+    outputs["pred_logits"].requires_grad_(True)
+    loss = make_criterion()(outputs, [no_target()])["loss_contrastive"]
+    assert loss.item() == 0.0
+    loss.backward()
+    assert outputs["pred_logits"].grad is not None
+
+
+@pytest.mark.parametrize("classification", ["focal", "bce"])
+def test_padded_texts_do_not_change_the_losses(classification):
+    outputs, targets = random_batch(texts=4)
+    padding = torch.randn(2, 6, 3) * 10
+    padded = {
+        "pred_logits": torch.cat([outputs["pred_logits"], padding], dim=-1),
+        "pred_boxes": outputs["pred_boxes"],
+        "text_mask": torch.tensor([[True] * 4 + [False] * 3] * 2),
+    }
+    image_targets = [torch.tensor([1]), None]
+    criterion = make_criterion(classification=classification)
+    plain = criterion(outputs, targets, image_targets)
+    masked = criterion(padded, targets, image_targets)
+    assert plain.keys() == masked.keys()
+    for name in plain:
+        torch.testing.assert_close(masked[name], plain[name], msg=name)
+
+
+def test_images_without_boxes_contribute_only_loss_image():
+    outputs, targets = random_batch()
+    outputs["pred_logits"].requires_grad_(True)
+    outputs["pred_boxes"].requires_grad_(True)
+    image_text = [targets[0], {"has_boxes": False}]
+    image_targets = [None, torch.tensor([0, 3])]
+    criterion = make_criterion()
+    losses = criterion(outputs, image_text, image_targets)
+
+    first = {key: value[:1].detach() for key, value in outputs.items()}
+    second = {key: value[1:].detach() for key, value in outputs.items()}
+    alone = criterion(first, targets[:1])
+    for name in ("loss_labels", "loss_contrastive", "loss_bbox", "loss_giou"):
+        torch.testing.assert_close(losses[name], alone[name], msg=name)
+    only_image = criterion(second, [{"has_boxes": False}], image_targets[1:])
+    torch.testing.assert_close(losses["loss_image"], only_image["loss_image"])
+
+    box_terms = losses["loss_labels"] + losses["loss_contrastive"] + losses["loss_bbox"] + losses["loss_giou"]
+    box_terms.backward()
+    assert outputs["pred_logits"].grad[1].abs().sum() == 0
+    assert outputs["pred_boxes"].grad[1].abs().sum() == 0
+
+
+# Two queries, two texts; caption positive = text 0. Query probabilities (text 0, text 1):
+# query 0 (.9, .1) with a small box, query 1 (.5, .2) with the largest box.
+# max_score: image scores (.9, .2): -log .9 - log .8 = 0.1054 + 0.2231 = 0.3285.
+# max_size: query 1: -log .5 - log .8 = 0.6931 + 0.2231 = 0.9163.
+@pytest.mark.parametrize("variant, expected", [("max_score", 0.3285), ("max_size", 0.9163)])
+def test_loss_image_matches_hand_worked_values(variant, expected):
+    outputs = {
+        "pred_logits": torch.tensor([[[logit(0.9), logit(0.1)], [logit(0.5), logit(0.2)]]]),
+        "pred_boxes": torch.tensor([[[0.5, 0.5, 0.1, 0.1], [0.5, 0.5, 0.6, 0.6]]]),
+    }
+    losses = make_criterion(image_loss=variant)(outputs, [{"has_boxes": False}], [torch.tensor([0])])
+    assert losses["loss_image"].item() == pytest.approx(expected, abs=1e-4)
+    assert losses["loss_labels"].item() == 0.0
+
+
+def test_image_loss_none_leaves_the_term_out():
+    outputs, targets = random_batch()
+    losses = make_criterion(image_loss="none")(outputs, targets, [torch.tensor([0]), None])
+    assert "loss_image" not in losses
+    assert {"loss_labels", "loss_contrastive", "loss_bbox", "loss_giou"} <= losses.keys()
+
+
+def test_weighted_sum_uses_weights_of_present_losses():
+    losses = {"loss_labels": torch.tensor(2.0), "loss_bbox": torch.tensor(3.0)}
+    total = weighted_sum(losses, {"loss_labels": 0.5, "loss_bbox": 2.0, "loss_image": 10.0})
+    assert total.item() == pytest.approx(7.0)
+
+
+def test_gradients_flow_through_the_weighted_loss():
+    outputs, targets = random_batch()
+    outputs["pred_logits"].requires_grad_(True)
+    outputs["pred_boxes"].requires_grad_(True)
+    cfg = LossConfig()
+    losses = make_criterion()(outputs, targets, [None, torch.tensor([2])])
+    weighted_sum(losses, cfg.weights).backward()
+    for name in ("pred_logits", "pred_boxes"):
+        grad = outputs[name].grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_num_boxes_is_averaged_over_ranks(monkeypatch):
+    monkeypatch.setattr(dist, "all_reduce_sum", lambda value: value + 7.0)  # the other rank has 7 boxes
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    _, targets = random_batch()
+    assert global_num_boxes(targets) == pytest.approx((5 + 7) / 2)
+
+
+def test_num_boxes_is_at_least_one():
+    assert global_num_boxes([no_target(), no_target()]) == 1.0
+
+
+def test_padded_texts_with_infinite_logits_keep_losses_and_grads_finite():
+    outputs, targets = random_batch(texts=4)
+    logits = torch.cat([outputs["pred_logits"], torch.full((2, 6, 2), -math.inf)], dim=-1).requires_grad_(
+        True
+    )
+    padded = {**outputs, "pred_logits": logits, "text_mask": torch.tensor([[True] * 4 + [False] * 2] * 2)}
+    losses = make_criterion()(padded, targets, [torch.tensor([1]), None])
+    total = weighted_sum(losses, LossConfig().weights)
+    assert torch.isfinite(total)
+    total.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_zero_losses_stay_finite_next_to_infinite_padded_logits():
+    logits = torch.tensor([[[0.5, -math.inf]]], requires_grad=True)
+    outputs = {"pred_logits": logits, "pred_boxes": torch.tensor([[[0.5, 0.5, 0.3, 0.3]]])}
+    outputs["text_mask"] = torch.tensor([[True, False]])
+    losses = make_criterion()(outputs, [no_target()])
+    assert losses["loss_contrastive"].item() == 0.0 and losses["loss_image"].item() == 0.0
+    weighted_sum(losses, LossConfig().weights).backward()
+    assert torch.isfinite(logits.grad).all()

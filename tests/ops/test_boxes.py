@@ -1,0 +1,93 @@
+"""Box conversions and the IoU family against hand-worked values and torchvision."""
+
+import pytest
+import torch
+import torchvision
+
+from ovdet.ops.boxes import (
+    batched_generalized_box_iou,
+    box_area,
+    box_cxcywh_to_xyxy,
+    box_iou,
+    box_xywh_to_xyxy,
+    box_xyxy_to_cxcywh,
+    box_xyxy_to_xywh,
+    clip_boxes_xyxy,
+    generalized_box_iou,
+)
+
+
+def random_xyxy(*shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(*shape, 4) valid xyxy boxes in [0, 2]."""
+    corner = torch.rand(*shape, 2, generator=generator)
+    size = torch.rand(*shape, 2, generator=generator) + 0.05
+    return torch.cat([corner, corner + size], dim=-1)
+
+
+def test_conversions_follow_hand_worked_box():
+    xyxy = torch.tensor([10.0, 20.0, 50.0, 80.0])
+    assert box_xyxy_to_cxcywh(xyxy).tolist() == [30.0, 50.0, 40.0, 60.0]
+    assert box_xyxy_to_xywh(xyxy).tolist() == [10.0, 20.0, 40.0, 60.0]
+    assert box_cxcywh_to_xyxy(torch.tensor([30.0, 50.0, 40.0, 60.0])).tolist() == xyxy.tolist()
+    assert box_xywh_to_xyxy(torch.tensor([10.0, 20.0, 40.0, 60.0])).tolist() == xyxy.tolist()
+
+
+def test_conversions_round_trip_over_leading_dims():
+    boxes = random_xyxy(3, 5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(box_cxcywh_to_xyxy(box_xyxy_to_cxcywh(boxes)), boxes)
+    torch.testing.assert_close(box_xywh_to_xyxy(box_xyxy_to_xywh(boxes)), boxes)
+    assert box_xyxy_to_cxcywh(boxes).shape == (3, 5, 4)
+
+
+def test_box_area_over_leading_dims():
+    boxes = torch.tensor([[[0.0, 0.0, 2.0, 3.0], [1.0, 1.0, 2.0, 1.5]]])
+    assert box_area(boxes).tolist() == [[6.0, 0.5]]
+
+
+# Hand-worked pairs: (box1, box2, IoU, GIoU).
+# Disjoint: unit squares 1 apart, union 2, hull [0, 3] x [0, 1] = 3: GIoU = 0 - (3 - 2) / 3.
+# Nested: 2x2 inside 4x4, IoU 4/16, hull is the outer box: GIoU = IoU.
+# Partial: two 2x2 squares shifted by 1 in x: inter 2, union 6, hull 3x2 = 6.
+# Diagonal: unit squares touching at a corner: inter 0, union 2, hull 4: GIoU = -(4 - 2) / 4.
+HAND_WORKED = [
+    ([0.0, 0.0, 1.0, 1.0], [2.0, 0.0, 3.0, 1.0], 0.0, -1.0 / 3.0),
+    ([0.0, 0.0, 4.0, 4.0], [1.0, 1.0, 3.0, 3.0], 0.25, 0.25),
+    ([0.0, 0.0, 2.0, 2.0], [1.0, 0.0, 3.0, 2.0], 1.0 / 3.0, 1.0 / 3.0),
+    ([0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 2.0, 2.0], 0.0, -0.5),
+    ([0.2, 0.3, 0.7, 0.9], [0.2, 0.3, 0.7, 0.9], 1.0, 1.0),
+]
+
+
+@pytest.mark.parametrize("box1, box2, iou, giou", HAND_WORKED)
+def test_iou_and_giou_match_hand_worked_values(box1, box2, iou, giou):
+    boxes1, boxes2 = torch.tensor([box1]), torch.tensor([box2])
+    assert box_iou(boxes1, boxes2).item() == pytest.approx(iou)
+    assert generalized_box_iou(boxes1, boxes2).item() == pytest.approx(giou)
+    assert batched_generalized_box_iou(boxes1[None], boxes2[None]).item() == pytest.approx(giou)
+
+
+def test_giou_of_disjoint_boxes_is_negative():
+    assert generalized_box_iou(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([[5.0, 5.0, 6.0, 6.0]])) < 0
+
+
+def test_batched_generalized_box_iou_equals_torchvision_per_item():
+    generator = torch.Generator().manual_seed(1)
+    boxes1, boxes2 = random_xyxy(4, 7, generator=generator), random_xyxy(4, 3, generator=generator)
+    batched = batched_generalized_box_iou(boxes1, boxes2)
+    assert batched.shape == (4, 7, 3)
+    for b in range(4):
+        torch.testing.assert_close(batched[b], torchvision.ops.generalized_box_iou(boxes1[b], boxes2[b]))
+
+
+def test_batched_generalized_box_iou_on_plain_sets_is_pairwise():
+    generator = torch.Generator().manual_seed(2)
+    boxes1, boxes2 = random_xyxy(5, generator=generator), random_xyxy(6, generator=generator)
+    torch.testing.assert_close(
+        batched_generalized_box_iou(boxes1, boxes2), generalized_box_iou(boxes1, boxes2)
+    )
+
+
+def test_clip_boxes_xyxy_clamps_to_the_image():
+    boxes = torch.tensor([[[-5.0, 10.0, 120.0, 90.0]], [[20.0, -1.0, 30.0, 200.0]]])
+    clipped = clip_boxes_xyxy(boxes, width=100, height=80)
+    assert clipped.tolist() == [[[0.0, 10.0, 100.0, 80.0]], [[20.0, 0.0, 30.0, 80.0]]]
