@@ -84,7 +84,7 @@ class OpenVocabDetector(nn.Module):
         super().__init__()
         self.spec = spec
         image_size = input_size_of(clip_model.visual)
-        self.image_size = image_size
+        self.image_size = int(spec.get("input_size") or image_size)
         self.backbone = ImageBackbone(clip_model.visual, spec["feature_indices"], image_size)
         clip_model.visual = nn.Identity()  # the text tower keeps the rest of the CLIP module
         for name in ("logit_scale", "logit_bias"):  # CLIP's image-text scalars: unused here

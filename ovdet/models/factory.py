@@ -140,11 +140,17 @@ def load_trunk_weights_in_order(trunk: torch.nn.Module, path: str) -> None:
     trunk.load_state_dict(loaded)
 
 
-def create_detector(cfg: ModelConfig | dict[str, Any], load_weights: bool = True):
-    """Build an ``OpenVocabDetector`` from a ``ModelConfig`` or a saved model spec."""
+def create_detector(cfg: ModelConfig | dict[str, Any], load_weights: bool = True, input_size: int | None = None):
+    """Build an ``OpenVocabDetector`` from a ``ModelConfig`` or a saved model spec.
+
+    ``input_size`` (the loader's square input side) is recorded in the spec so inference
+    letterboxes images the way training did; by default it is the architecture's image size.
+    """
     from ovdet.models.detector import OpenVocabDetector
 
     spec = resolve_model_spec(cfg) if isinstance(cfg, ModelConfig) else dict(cfg)
+    if input_size:
+        spec["input_size"] = input_size
     clip_model, tokenizer, mean, std = build_clip(spec, load_weights=load_weights)
     detector = OpenVocabDetector(clip_model, tokenizer, spec, mean, std)
     if isinstance(cfg, ModelConfig):

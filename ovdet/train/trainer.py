@@ -113,6 +113,16 @@ class MetricsLog:
 
             self.writer = SummaryWriter(str(out_dir / "tensorboard"))
 
+    def truncate_after(self, step: int) -> None:
+        """Drop lines logged after ``step`` (by a run killed after its last checkpoint), so a
+        resumed run's ``metrics.jsonl`` reads like an uninterrupted one's."""
+        if not self.enabled or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        if len(kept) != len(lines):
+            self.path.write_text("".join(kept))
+
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
@@ -126,9 +136,14 @@ class MetricsLog:
             self.writer.close()
 
 
-def is_finite_everywhere(loss: torch.Tensor) -> bool:
-    """All ranks agree on whether to skip: a non-finite loss anywhere skips the step everywhere."""
-    return dist.all_reduce_sum(0.0 if torch.isfinite(loss).all() else 1.0) == 0.0
+def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum over ranks of a small float64 vector (on the engine's device, so it also
+    works with NCCL); identity on one rank."""
+    if dist.world_size() > 1 and dist.is_initialized():
+        import torch.distributed as torch_dist
+
+        torch_dist.all_reduce(values)
+    return values
 
 
 def export_weights(engine, out_dir: Path, spec: dict[str, Any], extra: dict[str, Any]) -> Path:
@@ -169,8 +184,8 @@ def run_training(
         torch.set_num_threads(train.threads)
     torch.manual_seed(train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = resolve_model_spec(model_cfg)
-    task = DetectionTask(create_detector(model_cfg), loss_cfg)
+    spec = resolve_model_spec(model_cfg) | {"input_size": loader_cfg.image_size}
+    task = DetectionTask(create_detector(model_cfg, input_size=loader_cfg.image_size), loss_cfg)
     engine = build_engine(task, train, model_cfg, loader_cfg)
     loader = TrainLoader(shard_dirs, loader_cfg, dist.rank(), dist.world_size())
     ckpt_dir = out_dir / "checkpoints"
