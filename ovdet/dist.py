@@ -83,7 +83,8 @@ def all_reduce_sum(value: float) -> float:
     import torch
     import torch.distributed as torch_dist
 
-    tensor = torch.tensor([float(value)], dtype=torch.float64)
+    device = "cuda" if torch_dist.get_backend() == "nccl" else "cpu"  # NCCL reduces device tensors only
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
     torch_dist.all_reduce(tensor)
     return float(tensor.item())
 

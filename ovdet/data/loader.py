@@ -248,6 +248,9 @@ class TrainLoader:
             collate_fn=collate,
             persistent_workers=False,
             prefetch_factor=4 if self.cfg.num_workers else None,
+            # Its own generator: creating the iterator must not draw from the global torch RNG
+            # (dropout's), or a resumed run's RNG stream would diverge from an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.batches_consumed),
         )
         for batch in loader:
             self.batches_consumed += 1

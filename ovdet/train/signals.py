@@ -12,12 +12,17 @@ log = logging.getLogger(__name__)
 
 
 class PreemptionFlag:
-    """Set by a signal handler; the training loop checks it after every step."""
+    """Set by a signal handler; the training loop checks it every micro-step and, once any rank
+    has it, all ranks finish the current optimizer step, save and stop together."""
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1)):
         self.signal_name: str | None = None
-        for sig in signals:
-            signal.signal(sig, self.handle)
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in signals}
+
+    def restore(self) -> None:
+        """Put back the handlers that were installed before (in-process callers, tests)."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def handle(self, signum, frame) -> None:
         self.signal_name = signal.Signals(signum).name
