@@ -38,6 +38,15 @@ def predict_coco(detector, gt: dict, image_root: Path, vocab, cfg: EvalConfig, p
     return detections
 
 
+def default_image_root(gt_path: Path, gt: dict) -> Path:
+    """The GT's folder, or its ``images/`` subfolder when that is where the files are (synthetic world)."""
+    first = gt["images"][0]["file_name"] if gt.get("images") else ""
+    for candidate in (gt_path.parent, gt_path.parent / "images"):
+        if (candidate / first).is_file():
+            return candidate
+    return gt_path.parent
+
+
 def evaluate_model(model_path: str | Path, cfg: EvalConfig, out_dir: Path, progress: bool = True, detector=None) -> dict[str, Any]:
     """Load the model (unless given), predict on ``cfg.gt``, write detections, metrics and report."""
     from ovdet.eval.report import format_table, write_report
@@ -48,7 +57,7 @@ def evaluate_model(model_path: str | Path, cfg: EvalConfig, out_dir: Path, progr
     gt = read_json(cfg.gt, dict)
     vocab = load_vocabulary(cfg.vocab, gt=gt)
     detector = detector or Detector.from_pretrained(model_path)
-    image_root = Path(cfg.image_root or Path(cfg.gt).parent)
+    image_root = Path(cfg.image_root) if cfg.image_root else default_image_root(Path(cfg.gt), gt)
     detections = predict_coco(detector, gt, image_root, vocab, cfg, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "detections.json").write_text(json.dumps(detections))
