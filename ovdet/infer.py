@@ -46,17 +46,18 @@ def postprocess(
     scores = logits.sigmoid()  # (Q, C)
     num_classes = scores.shape[1]
     flat = scores.flatten()
-    k = min(top_k if nms_iou <= 0 else top_k * 4, flat.numel())
+    k = min(top_k * 4, flat.numel())  # spare candidates for the area filter and NMS
     values, order = flat.topk(k)
     queries, classes = order // num_classes, order % num_classes
     boxes = box_cxcywh_to_xyxy(boxes_cxcywh[queries]) * input_size / scale
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-    keep = values >= score_threshold
+    has_area = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)  # not in the padding
+    keep = (values >= score_threshold) & has_area
     boxes, values, classes = boxes[keep], values[keep], classes[keep]
-    if nms_iou > 0:
-        kept = batched_nms(boxes, values, classes, nms_iou)[:top_k]
-        boxes, values, classes = boxes[kept], values[kept], classes[kept]
+    kept = batched_nms(boxes, values, classes, nms_iou) if nms_iou > 0 else torch.arange(len(values))
+    kept = kept[:top_k]
+    boxes, values, classes = boxes[kept], values[kept], classes[kept]
     return [(b.tolist(), int(c), float(s)) for b, c, s in zip(boxes, classes, values, strict=True)]
 
 
