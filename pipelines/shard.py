@@ -190,10 +190,11 @@ def run_ray_tasks(shards: list[ShardPlan], out_dir: Path, cfg: DataConfig, progr
     import ray
     from tqdm import tqdm
 
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+    # "local", not None: with None, ray.init joins any cluster a `ray start` on this machine left behind
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or "local"
     started_here = not ray.is_initialized()
     if started_here:
-        kwargs = {} if address else {"num_cpus": cfg.num_cpus}
+        kwargs = {"num_cpus": cfg.num_cpus} if address == "local" else {}
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
     try:
         task = ray.remote(num_cpus=1)(write_shard)
