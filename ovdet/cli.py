@@ -237,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="write the folder, list the upload, send nothing")
     p.set_defaults(func=cmd_publish)
 
+    from ovdet.submit import add_submit_parser
+
+    add_submit_parser(sub)
+
     p = sub.add_parser("demo", help="run synth -> shard -> train -> eval end to end", description=(
         "The walking skeleton on the built-in synthetic world, in RUN_DIR (default runs/demo)."))
     add_config_arguments(p, default="configs/demo.yaml")

@@ -8,7 +8,7 @@ import yaml
 
 from ovdet.cli import build_parser, main
 
-SUBCOMMANDS = ["synth", "shard", "train", "eval", "detect", "publish", "demo"]
+SUBCOMMANDS = ["synth", "shard", "train", "eval", "detect", "publish", "demo", "submit"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
