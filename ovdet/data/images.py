@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import re
 import tarfile
 import warnings
 from collections.abc import Iterator
@@ -139,7 +140,8 @@ def decode(key: str, data: bytes, max_pixels: int) -> tuple[Image.Image, int]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise RecordError(key, f"image has more than {max_pixels} pixels (decompression bomb)") from None
     except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ...
-        raise RecordError(key, f"cannot decode image: {exc}") from None
+        reason = re.sub(r" <[^>]* at 0x[0-9a-f]+>", "", str(exc))  # no memory addresses: stable rejected.jsonl
+        raise RecordError(key, f"cannot decode image: {reason}") from None
 
 
 def check_annotated_size(record: Record, size: tuple[int, int]) -> None:

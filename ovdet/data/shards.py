@@ -28,21 +28,32 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def write_tar_atomic(path: Path, samples: list[tuple[str, bytes, dict]]) -> None:
-    """Write ``(key, jpeg_bytes, record_json)`` samples to ``path`` atomically and reproducibly."""
-    import webdataset as wds
+    """Write ``(key, jpeg_bytes, record_json)`` samples to ``path`` atomically and reproducibly.
 
+    The layout is WebDataset's (``KEY.jpg`` then ``KEY.json`` per sample). It is written with the
+    standard library's tarfile rather than ``webdataset.TarWriter`` because importing webdataset
+    imports torch, which costs every Ray worker seconds of start-up for nothing.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(temp, "wb") as stream:
-        writer = wds.TarWriter(stream, user="ovdet", group="ovdet", mtime=0.0)
-        for key, jpeg, record_json in samples:
-            payload = json.dumps(record_json, sort_keys=True).encode()
-            writer.write({"__key__": key, "jpg": jpeg, "json": payload})
-        writer.close()
+        with tarfile.open(fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+            for key, jpeg, record_json in samples:
+                add_member(tar, f"{key}.jpg", jpeg)
+                add_member(tar, f"{key}.json", json.dumps(record_json, sort_keys=True).encode())
         stream.flush()
         os.fsync(stream.fileno())
     os.replace(temp, path)
+
+
+def add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    info.mtime = 0  # fixed metadata: the same samples always give byte-identical shards
+    info.mode = 0o444
+    info.uname = info.gname = "ovdet"
+    tar.addfile(info, io.BytesIO(payload))
 
 
 def sha256_file(path: Path) -> str:
