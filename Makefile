@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DS_ACCELERATOR ?= cpu
+# The venv's ninja must come first: DeepSpeed's JIT ops rebuild whenever the ninja version changes.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
