@@ -91,7 +91,9 @@ def rng_file(tag_dir: Path, rank: int) -> Path:
     return tag_dir / f"rng-rank-{rank:05d}.pt"
 
 
-def save_checkpoint(engine, ckpt_dir: Path, step: int, loader_state: dict, train_state: dict, keep: int) -> Path:
+def save_checkpoint(
+    engine, ckpt_dir: Path, step: int, loader_state: dict, train_state: dict, keep: int
+) -> Path:
     """Write tag ``step-N`` on every rank, then (rank 0) point ``latest`` at it and prune."""
     tag = tag_of(step)
     tag_dir = ckpt_dir / tag
@@ -125,7 +127,9 @@ def write_latest(ckpt_dir: Path, tag: str) -> None:
 def prune_checkpoints(ckpt_dir: Path, keep: int, current: str) -> None:
     """Keep the ``keep`` newest tags up to ``current``; tags newer than it (left by a run resumed
     from an older tag) are not counted and not deleted."""
-    tags = sorted(p.name for p in ckpt_dir.glob("step-*") if p.is_dir() and step_of(p.name) <= step_of(current))
+    tags = sorted(
+        p.name for p in ckpt_dir.glob("step-*") if p.is_dir() and step_of(p.name) <= step_of(current)
+    )
     for old in tags[: max(0, len(tags) - max(1, keep))]:
         shutil.rmtree(ckpt_dir / old, ignore_errors=True)
 
@@ -141,11 +145,15 @@ def resolve_resume(ckpt_dir: Path, resume: str) -> tuple[str, str] | None:
             return None
         tag = latest.read_text().strip()
         if not (ckpt_dir / tag).is_dir():
-            raise OvdetError(f"{latest}: names {tag!r}, which does not exist (use train.resume=none to start over)")
+            raise OvdetError(
+                f"{latest}: names {tag!r}, which does not exist (use train.resume=none to start over)"
+            )
         return str(ckpt_dir), tag
     path = Path(resume)
     if not path.is_dir():
-        raise OvdetError(f"train.resume={resume}: not a checkpoint directory (expected CKPT_DIR/step-NNNNNNN)")
+        raise OvdetError(
+            f"train.resume={resume}: not a checkpoint directory (expected CKPT_DIR/step-NNNNNNN)"
+        )
     return str(path.parent), path.name
 
 
@@ -159,5 +167,7 @@ def load_checkpoint(engine, where: tuple[str, str]) -> dict[str, Any]:
     if rng_path.exists():
         restore_rng_state(safe_load(rng_path))
     else:
-        log.warning("%s missing (saved with another world size?): RNG streams restart from the seed", rng_path)
+        log.warning(
+            "%s missing (saved with another world size?): RNG streams restart from the seed", rng_path
+        )
     return client_state

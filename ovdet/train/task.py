@@ -32,16 +32,24 @@ class DetectionTask(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         device = self.detector.pixel_mean.device
-        text_embeds, text_mask = embed_text_lists(self.detector, batch["texts"])
-        outputs = self.detector(batch["images"].to(device), text_embeds, text_mask)
+        with self.autocast_to_parameter_dtype(device):
+            text_embeds, text_mask = embed_text_lists(self.detector, batch["texts"])
+            outputs = self.detector(batch["images"].to(device), text_embeds, text_mask)
+        matcher_input = {k: v.float() if v.is_floating_point() else v for k, v in outputs.as_matcher_input(text_mask).items()}  # noqa: E501
         has_boxes = batch["has_boxes"].tolist()
         targets = [
             {"labels": labels.to(device), "boxes": boxes.to(device), "has_boxes": flag}
             for labels, boxes, flag in zip(batch["labels"], batch["boxes"], has_boxes, strict=True)
         ]
         image_targets = [None if flag else labels.to(device) for labels, flag in zip(batch["image_labels"], has_boxes, strict=True)]
-        losses = self.criterion(outputs.as_matcher_input(text_mask), targets, image_targets)
+        losses = self.criterion(matcher_input, targets, image_targets)
         return weighted_sum(losses, self.weights), losses
+
+    def autocast_to_parameter_dtype(self, device: torch.device):
+        """bf16/fp16 engines cast the parameters, not the float inputs the detector builds
+        (normalized pixels, text embeddings): autocast makes them meet; losses stay fp32."""
+        parameter_dtype = next(p.dtype for p in self.detector.parameters())
+        return torch.autocast(device.type, dtype=parameter_dtype, enabled=parameter_dtype != torch.float32)
 
 
 def embed_text_lists(detector: OpenVocabDetector, texts: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:

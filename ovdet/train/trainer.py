@@ -173,39 +173,69 @@ def run_training(
     validate_every: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train to ``train.steps`` optimizer steps (resuming if a checkpoint exists); returns a summary."""
+    """Train to ``train.steps`` optimizer steps (resuming if a checkpoint exists); returns a summary.
+
+    ``summary["stopped"]`` is ``"completed"`` or ``"preempted by SIGTERM"``/``SIGUSR1``; after a
+    preemption the weights are checkpointed but not exported (the run is not finished).
+    """
     from ovdet.data.loader import TrainLoader
     from ovdet.models.factory import create_detector, resolve_model_spec
-    from ovdet.train.checkpoint import load_checkpoint, resolve_resume
     from ovdet.train.task import DetectionTask
 
     init_distributed()
     if train.threads:
         torch.set_num_threads(train.threads)
-    torch.manual_seed(train.seed)
+    seed_everything(train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = resolve_model_spec(model_cfg) | {"input_size": loader_cfg.image_size}
-    task = DetectionTask(create_detector(model_cfg, input_size=loader_cfg.image_size), loss_cfg)
+    spec = resolve_model_spec(model_cfg)
+    task = DetectionTask(create_detector(model_cfg), loss_cfg)
     engine = build_engine(task, train, model_cfg, loader_cfg)
     loader = TrainLoader(shard_dirs, loader_cfg, dist.rank(), dist.world_size())
-    ckpt_dir = out_dir / "checkpoints"
-    state = {"step": 0, "micro_step": 0, "nonfinite_total": 0}
-    where = resolve_resume(ckpt_dir, train.resume)
-    if where is not None:
-        client = load_checkpoint(engine, where)
-        loader.load_state_dict(client["dataloader"])
-        state.update(client["train_state"])
-        log.info("resumed from %s/%s at step %d", *where, state["step"])
+    state = resume_state(engine, loader, out_dir / "checkpoints", train.resume)
     if dist.is_main():
         (out_dir / "config.json").write_text(json.dumps(resolved_config, indent=1))
     loop = TrainingLoop(engine, loader, train, out_dir, state, validate, validate_every, progress)
     loop.run()
-    export_weights(engine, out_dir / "final", spec, {"step": state["step"], "config": resolved_config})
-    return {"step": state["step"], "out_dir": str(out_dir), "stopped": loop.stop_reason, **loop.last_metrics}
+    if loop.stop_reason == "completed":
+        export_weights(engine, out_dir / "final", spec, {"step": state["step"], "config": resolved_config})
+    summary = {"step": state["step"], "resumed_from": state["resumed_from"], "stopped": loop.stop_reason}
+    return {**summary, "out_dir": str(out_dir), **loop.last_metrics}
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resume_state(engine, loader, ckpt_dir: Path, resume: str) -> dict[str, int]:
+    """Load the checkpoint ``resume`` names into engine, loader and RNGs; returns the train state."""
+    from ovdet.train.checkpoint import load_checkpoint, resolve_resume, step_of
+
+    state = {"step": 0, "micro_step": 0, "nonfinite_total": 0, "resumed_from": -1}
+    where = resolve_resume(ckpt_dir, resume)
+    if where is None:
+        return state
+    client = load_checkpoint(engine, where)
+    loader.load_state_dict(client["dataloader"])
+    state.update(client["train_state"])
+    if state["step"] != step_of(where[1]):
+        raise OvdetError(f"{where[0]}/{where[1]}: train_state says step {state['step']}")
+    state["resumed_from"] = state["step"]
+    log.info("resumed from %s/%s at step %d", *where, state["step"])
+    return state
+
+
+UNBOUNDED_BATCHES = 2**62  # the loop, not the loader, decides when to stop (skipped steps use batches)
 
 
 class TrainingLoop:
-    """The step loop: forward, skip non-finite, backward, step, log, checkpoint, preemption."""
+    """The step loop: forward, agree across ranks (non-finite? preempted?), backward, step, log,
+    checkpoint. Ranks take every decision together, so none is left waiting in a collective."""
 
     def __init__(self, engine, loader, train: TrainConfig, out_dir: Path, state: dict, validate, validate_every, progress):
         from ovdet.train.signals import PreemptionFlag
@@ -214,42 +244,81 @@ class TrainingLoop:
         self.ckpt_dir = out_dir / "checkpoints"
         self.validate, self.validate_every = validate, validate_every
         self.metrics = MetricsLog(out_dir)
+        self.metrics.truncate_after(state["step"])
         self.preemption = PreemptionFlag()
+        self.is_preempted = False
         self.progress = progress and dist.is_main()
         self.stop_reason = "completed"
         self.last_metrics: dict[str, float] = {}
+        self.last_saved_step = state["resumed_from"]
+        self.consecutive_nonfinite = 0
         self.window_start, self.window_samples = time.perf_counter(), 0
         self.sums: dict[str, float] = {}
 
     def run(self) -> None:
         from tqdm import tqdm
 
-        remaining = (self.train.steps - self.state["step"]) * self.train.grad_accumulation
         self.bar = tqdm(total=self.train.steps, initial=self.state["step"], desc="train", disable=not self.progress)
-        consecutive_nonfinite = 0
-        for batch in self.loader.iterate(max(0, remaining)):
+        try:
+            self.train_steps()
+            if self.stop_reason == "completed" and self.last_saved_step != self.state["step"]:
+                self.save()
+        finally:
+            self.bar.close()
+            self.metrics.close()
+            self.preemption.restore()
+
+    def train_steps(self) -> None:
+        batches = self.loader.iterate(UNBOUNDED_BATCHES)
+        while self.state["step"] < self.train.steps:
+            batch = next(batches)  # fetched only when needed: the loader position stays exact
             total, parts = self.engine(batch)
-            if not is_finite_everywhere(total):
-                consecutive_nonfinite += 1
-                self.state["nonfinite_total"] += 1
-                log.warning("non-finite loss at step %d skipped (%d in a row)", self.state["step"], consecutive_nonfinite)
-                if consecutive_nonfinite >= self.train.max_nonfinite_steps:
-                    raise OvdetError(
-                        f"{consecutive_nonfinite} consecutive non-finite losses at step {self.state['step']}: "
-                        "stopping; the last good checkpoint is kept (lower lr or check the data)"
-                    )
+            if not self.agree_is_finite(total):
+                self.skip_nonfinite()
                 continue
-            consecutive_nonfinite = 0
+            self.consecutive_nonfinite = 0
             self.engine.backward(total)
             self.engine.step()
             self.accumulate(total, parts, len(batch["texts"]))
             self.state["micro_step"] += 1
-            if self.state["micro_step"] % self.train.grad_accumulation == 0 and self.after_step():
-                break
-        self.bar.close()
-        if self.stop_reason == "completed" and not self.has_checkpoint(self.state["step"]):
+            if self.state["micro_step"] % self.train.grad_accumulation == 0:
+                self.after_step()
+                if self.is_preempted:
+                    self.stop_for_preemption()
+                    break
+        batches.close()
+
+    def agree_is_finite(self, total: torch.Tensor) -> bool:
+        """One all-reduce per micro-step: any rank non-finite -> all skip; any rank signalled ->
+        all stop after this optimizer step."""
+        flags = torch.tensor(
+            [0.0 if torch.isfinite(total).all() else 1.0, 1.0 if self.preemption.is_set else 0.0],
+            dtype=torch.float64,
+            device=total.device,
+        )
+        nonfinite, preempted = sum_across_ranks(flags).tolist()
+        self.is_preempted = self.is_preempted or preempted > 0
+        return nonfinite == 0
+
+    def skip_nonfinite(self) -> None:
+        self.consecutive_nonfinite += 1
+        self.state["nonfinite_total"] += 1
+        step = self.state["step"]
+        log.warning("non-finite loss at step %d skipped (%d in a row)", step, self.consecutive_nonfinite)
+        if self.consecutive_nonfinite >= self.train.max_nonfinite_steps:
+            raise OvdetError(
+                f"{self.consecutive_nonfinite} consecutive non-finite losses at step {step}: stopping; "
+                f"the last good checkpoint is kept in {self.ckpt_dir} (lower train.lr or check the data)"
+            )
+
+    def stop_for_preemption(self) -> None:
+        from ovdet.train.signals import requeue_slurm_job
+
+        if self.last_saved_step != self.state["step"]:
             self.save()
-        self.metrics.close()
+        self.stop_reason = f"preempted by {self.preemption.signal_name or 'a signal on another rank'}"
+        log.warning("stopped at step %d: %s (checkpoint saved)", self.state["step"], self.stop_reason)
+        requeue_slurm_job()
 
     def accumulate(self, total, parts, batch_size: int) -> None:
         self.sums["loss"] = self.sums.get("loss", 0.0) + float(total.detach())
@@ -258,8 +327,8 @@ class TrainingLoop:
         self.sums["_count"] = self.sums.get("_count", 0.0) + 1
         self.window_samples += batch_size * dist.world_size()
 
-    def after_step(self) -> bool:
-        """Per optimizer step: log, checkpoint, validate, handle preemption; True to stop."""
+    def after_step(self) -> None:
+        """Per optimizer step: log, checkpoint, validate."""
         step = self.state["step"] = self.state["step"] + 1
         self.bar.update(1)
         if step % self.train.log_every == 0 or step == self.train.steps:
@@ -268,19 +337,17 @@ class TrainingLoop:
             self.save()
         if self.validate and self.validate_every and step % self.validate_every == 0:
             self.metrics.write(step, {f"val/{k}": v for k, v in self.validate(self.engine.module.detector, step).items()})
-        if self.preemption.is_set:
-            from ovdet.train.signals import requeue_slurm_job
 
-            if not self.has_checkpoint(step):
-                self.save()
-            self.stop_reason = f"preempted by {self.preemption.signal_name}"
-            requeue_slurm_job()
-            return True
-        return False
+    def window_means(self) -> dict[str, float]:
+        """Mean of each loss over the window's micro-steps and over ranks (the global batch)."""
+        keys = sorted(k for k in self.sums if k != "_count")
+        sums = torch.tensor([self.sums[k] for k in keys] + [self.sums.get("_count", 0.0)], dtype=torch.float64)
+        sums = sum_across_ranks(sums.to(self.engine.device)).cpu().tolist()
+        count = max(1.0, sums[-1])
+        return {k: v / count for k, v in zip(keys, sums[:-1], strict=True)}
 
     def log_window(self, step: int) -> None:
-        count = max(1.0, self.sums.pop("_count", 1.0))
-        values = {k: v / count for k, v in self.sums.items()}
+        values = self.window_means()
         elapsed = time.perf_counter() - self.window_start
         values["lr"] = float(self.engine.get_lr()[0])
         grad_norm = self.engine.get_global_grad_norm()
@@ -291,19 +358,15 @@ class TrainingLoop:
         values["nonfinite_total"] = float(self.state["nonfinite_total"])
         self.metrics.write(step, values)
         self.last_metrics = values
-        self.bar.set_postfix(loss=f"{values['loss']:.3f}", sps=f"{values['samples_per_s']:.1f}")
+        self.bar.set_postfix(loss=f"{values.get('loss', float('nan')):.3f}", sps=f"{values['samples_per_s']:.1f}")
         self.sums, self.window_samples, self.window_start = {}, 0, time.perf_counter()
-
-    def has_checkpoint(self, step: int) -> bool:
-        from ovdet.train.checkpoint import tag_of
-
-        return (self.ckpt_dir / tag_of(step)).is_dir()
 
     def save(self) -> None:
         from ovdet.train.checkpoint import save_checkpoint
 
         train_state = {k: self.state[k] for k in ("step", "micro_step", "nonfinite_total")}
         save_checkpoint(self.engine, self.ckpt_dir, self.state["step"], self.loader.state_dict(), train_state, self.train.keep_checkpoints)
+        self.last_saved_step = self.state["step"]
 
 
 def max_rss_mib() -> float:

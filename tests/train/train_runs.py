@@ -1,0 +1,132 @@
+"""Helpers for the trainer tests: tiny-model overrides, `ovdet train` subprocesses, weight reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                    "CROSS_RANK", "CROSS_SIZE", "SLURM_JOB_ID", "SLURM_PROCID", "SLURM_NTASKS")  # fmt: skip
+
+
+def tiny_overrides(shards: Path, **extra) -> list[str]:
+    """The tiny model on the tiny world, one thread, no workers; ``extra`` as dotted overrides."""
+    values = {
+        "model.name": "tiny-vit-minilm",
+        "model.feature_indices": "[1]",
+        "loader.image_size": 64,
+        "loader.num_workers": 0,
+        "loader.batch_size": 4,
+        "loader.num_negatives": 8,
+        "loader.shard_dirs": f"[{shards}]",
+        "train.threads": 1,
+        "train.steps": 8,
+        "train.warmup_steps": 2,
+        "train.log_every": 1,
+        "train.checkpoint_every": 2,
+    }
+    values.update({k.replace("__", "."): v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def clean_env() -> dict[str, str]:
+    """The test process's environment without launcher variables (an in-process run sets them)."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
+    env["DS_ACCELERATOR"] = "cpu"
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def train_argv(out: Path, shards: Path, launcher: str = "single", **extra) -> list[str]:
+    """``ovdet train`` argv for 1 rank, 2 deepspeed ranks ("deepspeed") or 2 torchrun ranks."""
+    ovdet = str(BIN / "ovdet")
+    tail = ["train", "--config", str(DEMO_CONFIG), "--out", str(out), *tiny_overrides(shards, **extra)]
+    if launcher == "deepspeed":
+        return [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), ovdet, *tail]
+    if launcher == "torchrun":
+        return [
+            str(BIN / "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            ovdet,
+            *tail,
+        ]
+    return [ovdet, *tail]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_train(
+    out: Path, shards: Path, launcher: str = "single", timeout: float = 300, **extra
+) -> subprocess.CompletedProcess:
+    argv = train_argv(out, shards, launcher, **extra)
+    return subprocess.run(argv, env=clean_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def start_train(out: Path, shards: Path, launcher: str = "single", **extra) -> subprocess.Popen:
+    """Start ``ovdet train`` in its own process group (so a kill reaches every rank)."""
+    argv = train_argv(out, shards, launcher, **extra)
+    log = open(out.parent / f"{out.name}.log", "w")
+    return subprocess.Popen(
+        argv, env=clean_env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def wait_until(condition, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"training exited with {process.returncode} before the condition held")
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise AssertionError("timed out waiting for the training run")
+        time.sleep(0.05)
+
+
+def checkpoint_tags(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "checkpoints").glob("step-*") if p.is_dir())
+
+
+def latest_tag(out: Path) -> str | None:
+    path = out / "checkpoints" / "latest"
+    return path.read_text().strip() if path.exists() else None
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def max_abs_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a)
+
+
+def describe(result: subprocess.CompletedProcess) -> str:
+    return (
+        f"exit {result.returncode}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-6000:]}"
+    )
