@@ -48,7 +48,9 @@ def run_demo(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
     with timed(timings, "shard"):
         run_shard_stage(cfg.data, run_dir / "shards")
     with timed(timings, "train"):
-        run_training(cfg.train, cfg.model, cfg.loss, cfg.loader, [run_dir / "shards"], run_dir / "train", to_dict(cfg))
+        trained = run_training(cfg.train, cfg.model, cfg.loss, cfg.loader, [run_dir / "shards"], run_dir / "train", to_dict(cfg))
+    if trained["stopped"] != "completed":
+        raise OvdetError(f"training {trained['stopped']} at step {trained['step']}; re-run the same command to resume")
     cfg.eval.gt = cfg.eval.gt or str(synth_dir / "eval.json")
     cfg.eval.vocab = cfg.eval.vocab or str(synth_dir / "vocab.yaml")
     cfg.eval.image_root = cfg.eval.image_root or str(synth_dir / "images")

@@ -106,6 +106,7 @@ class SetCriterion(nn.Module):
         """
         logits = outputs["pred_logits"]
         batch_idx, query_idx = matched_query_index(indices)
+        denominator = global_count(len(batch_idx))  # every rank joins the reduction, even with no match
         if len(batch_idx) == 0:
             return {"loss_contrastive": zero_loss(logits)}
         if "pred_similarity" in outputs:
@@ -116,7 +117,8 @@ class SetCriterion(nn.Module):
         is_real = text_mask_of(outputs)[batch_idx]  # (m, t)
         matched = matched.masked_fill(~is_real, torch.finfo(matched.dtype).min)
         labels = matched_targets(targets, indices, "labels").long()  # (m,)
-        return {"loss_contrastive": F.cross_entropy(matched, labels)}
+        loss = F.cross_entropy(matched, labels, reduction="sum")
+        return {"loss_contrastive": loss / denominator}
 
     def loss_boxes(
         self,
@@ -149,6 +151,8 @@ class SetCriterion(nn.Module):
         """
         logits = outputs["pred_logits"]  # (bs, q, t)
         rows = [b for b, positives in enumerate(image_targets) if positives is not None]
+        num_positives = sum(len(image_targets[b]) for b in rows)
+        denominator = global_count(num_positives)  # every rank joins the reduction, even with no rows
         if not rows:
             return {"loss_image": zero_loss(logits)}
         rows_t = torch.tensor(rows, device=logits.device)  # (n,)
@@ -161,7 +165,7 @@ class SetCriterion(nn.Module):
             target[row, image_targets[b].to(logits.device).long()] = 1.0
         is_real = text_mask_of(outputs)[rows_t]  # (n, t)
         loss = F.binary_cross_entropy_with_logits(image_logits[is_real], target[is_real], reduction="sum")
-        return {"loss_image": loss / target.sum().clamp(min=1)}
+        return {"loss_image": loss / denominator}
 
 
 def weighted_sum(losses: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
@@ -190,8 +194,13 @@ def boxes_only(target: dict[str, Tensor], device: torch.device) -> dict[str, Ten
 
 def global_num_boxes(targets: list[dict[str, Tensor]]) -> float:
     """Target boxes per rank, averaged over ranks and at least 1 (DETR's normalizer)."""
-    local = sum(len(t["labels"]) for t in targets)
-    return max(dist.all_reduce_sum(local) / dist.world_size(), 1.0)
+    return global_count(sum(len(t["labels"]) for t in targets))
+
+
+def global_count(local: float) -> float:
+    """A per-rank count averaged over ranks, at least 1: dividing a per-rank loss SUM by it makes
+    the data-parallel average over ranks equal to the single-process loss of the whole batch."""
+    return max(dist.all_reduce_sum(float(local)) / dist.world_size(), 1.0)
 
 
 def text_mask_of(outputs: dict[str, Tensor]) -> Tensor:

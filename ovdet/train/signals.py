@@ -1,4 +1,5 @@
-"""Preemption: SIGTERM / SIGUSR1 (Slurm's ``--signal=USR1@120``) ask the loop to save and stop."""
+"""Preemption: SIGTERM / SIGUSR1 (Slurm's ``--signal=USR1@120``) ask the loop to save and stop;
+only SIGUSR1 also requeues the Slurm job (SIGTERM is what scancel sends)."""
 
 from __future__ import annotations
 

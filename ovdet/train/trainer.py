@@ -318,7 +318,10 @@ class TrainingLoop:
             self.save()
         self.stop_reason = f"preempted by {self.preemption.signal_name or 'a signal on another rank'}"
         log.warning("stopped at step %d: %s (checkpoint saved)", self.state["step"], self.stop_reason)
-        requeue_slurm_job()
+        # Only Slurm's pre-timeout signal (--signal=USR1@T) asks for a requeue; SIGTERM comes from
+        # scancel or from Slurm's own requeue, and requeueing then would undo a user's cancel.
+        if self.preemption.signal_name == "SIGUSR1":
+            requeue_slurm_job()
 
     def accumulate(self, total, parts, batch_size: int) -> None:
         self.sums["loss"] = self.sums.get("loss", 0.0) + float(total.detach())
