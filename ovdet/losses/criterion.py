@@ -198,9 +198,11 @@ def global_num_boxes(targets: list[dict[str, Tensor]]) -> float:
 
 
 def global_count(local: float) -> float:
-    """A per-rank count averaged over ranks, at least 1: dividing a per-rank loss SUM by it makes
+    """A per-rank count averaged over ranks (the global count at least 1): dividing a per-rank loss SUM by it makes
     the data-parallel average over ranks equal to the single-process loss of the whole batch."""
-    return max(dist.all_reduce_sum(float(local)) / dist.world_size(), 1.0)
+    # Clamp the global sum, then divide (DETR clamps after dividing, which breaks DP == large batch
+    # whenever a global batch holds fewer boxes than there are ranks).
+    return max(dist.all_reduce_sum(float(local)), 1.0) / dist.world_size()
 
 
 def text_mask_of(outputs: dict[str, Tensor]) -> Tensor:
