@@ -107,7 +107,13 @@ def cmd_train(args) -> int:
     out_dir = Path(args.out or Path(cfg.run_dir) / "train")
     setup_logging(out_dir / "logs" / "train.log")
     shard_dirs = [Path(d) for d in cfg.loader.shard_dirs] or [Path(cfg.run_dir) / "shards"]
-    summary = run_training(cfg.train, cfg.model, cfg.loss, cfg.loader, shard_dirs, out_dir, config_as_dict(cfg))
+    validate = None
+    if cfg.eval.every and (cfg.eval.gt or cfg.eval.shards):
+        from ovdet.eval.evaluator import make_validator
+
+        validate = make_validator(cfg.eval)
+    summary = run_training(cfg.train, cfg.model, cfg.loss, cfg.loader, shard_dirs, out_dir, config_as_dict(cfg),
+                           validate=validate, validate_every=cfg.eval.every)
     log.info("training finished: %s", json.dumps(summary))
     return 0
 

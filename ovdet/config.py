@@ -147,14 +147,17 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation and inference (``ovdet eval`` / ``ovdet detect``)."""
 
-    gt: str = ""
+    gt: str = ""  # COCO JSON with every category annotated
     image_root: str = ""
+    shards: str = ""  # or a shard folder (`ovdet shard` of the eval set) instead of gt + image_root
     vocab: str = ""
     prompt_templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     score_threshold: float = 0.0
     max_detections: int = 100
     nms_iou: float = 0.0  # 0 disables class-wise NMS
     batch_size: int = 16
+    every: int = 0  # evaluate on this set every N training steps (0: only after training)
+    max_images: int = 0  # cap for the periodic evaluation (0: all)
 
 
 @dataclass

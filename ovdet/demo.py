@@ -35,7 +35,7 @@ def claim_run_dir(cfg: Config, overwrite: bool) -> Path:
 
 def run_demo(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
     from ovdet.data.synthetic import generate_world
-    from ovdet.eval.evaluator import evaluate_model
+    from ovdet.eval.evaluator import evaluate_model, make_validator
     from ovdet.train.trainer import run_training
     from pipelines.shard import run_shard_stage
 
@@ -47,13 +47,15 @@ def run_demo(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
     cfg.data.root = cfg.data.root or str(synth_dir.resolve())
     with timed(timings, "shard"):
         run_shard_stage(cfg.data, run_dir / "shards")
-    with timed(timings, "train"):
-        trained = run_training(cfg.train, cfg.model, cfg.loss, cfg.loader, [run_dir / "shards"], run_dir / "train", to_dict(cfg))
-    if trained["stopped"] != "completed":
-        raise OvdetError(f"training {trained['stopped']} at step {trained['step']}; re-run the same command to resume")
     cfg.eval.gt = cfg.eval.gt or str(synth_dir / "eval.json")
     cfg.eval.vocab = cfg.eval.vocab or str(synth_dir / "vocab.yaml")
     cfg.eval.image_root = cfg.eval.image_root or str(synth_dir / "images")
+    validate = make_validator(cfg.eval) if cfg.eval.every else None
+    with timed(timings, "train"):
+        trained = run_training(cfg.train, cfg.model, cfg.loss, cfg.loader, [run_dir / "shards"], run_dir / "train",
+                               to_dict(cfg), validate=validate, validate_every=cfg.eval.every)
+    if trained["stopped"] != "completed":
+        raise OvdetError(f"training {trained['stopped']} at step {trained['step']}; re-run the same command to resume")
     with timed(timings, "eval"):
         metrics = evaluate_model(run_dir / "train" / "final", cfg.eval, run_dir / "eval")
     summary = headline(metrics, timings)

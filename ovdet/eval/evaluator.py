@@ -1,7 +1,9 @@
-"""Evaluate a trained model on a COCO-format set: inference with the whole vocabulary -> metrics.
+"""Evaluate a trained model on a COCO-format set or on shards: inference with the whole vocabulary -> metrics.
 
 Every detection is scored against the whole vocabulary (generalized OV setting); the metrics
-come from ``ovdet.eval.metrics`` exactly as for precomputed detections.
+come from ``ovdet.eval.metrics`` exactly as for precomputed detections. An evaluation set is
+either COCO JSON + images (``eval.gt``, ``eval.image_root``) or a shard folder written by
+``ovdet shard`` (``eval.shards``), whose boxes are mapped to vocabulary ids by category name.
 """
 
 from __future__ import annotations
@@ -16,19 +18,14 @@ from ovdet.errors import OvdetError
 from ovdet.eval.metrics import evaluate, read_json
 
 
-def predict_coco(detector, gt: dict, image_root: Path, vocab, cfg: EvalConfig, progress: bool) -> list[dict]:
-    """Run ``detector`` on every GT image; detections in the COCO results format."""
-    images = gt["images"]
-    paths = [image_root / image["file_name"] for image in images]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise OvdetError(f"{missing[0]}: evaluation image not found ({len(missing)} missing under {image_root})")
+def predict_coco(detector, gt: dict, images, vocab, cfg: EvalConfig, progress: bool) -> list[dict]:
+    """Run ``detector`` on every GT image (``images``: paths or PIL images in GT order); COCO results."""
     results = detector.detect(
-        paths, vocab.names, templates=cfg.prompt_templates or vocab.prompts, score_threshold=cfg.score_threshold,
+        images, vocab.names, templates=cfg.prompt_templates or vocab.prompts, score_threshold=cfg.score_threshold,
         top_k=cfg.max_detections, nms_iou=cfg.nms_iou, batch_size=cfg.batch_size, progress=progress,
     )
     detections = []
-    for image, found in zip(images, results, strict=True):
+    for image, found in zip(gt["images"], results, strict=True):
         for det in found:
             x1, y1, x2, y2 = det.box_xyxy
             detections.append({
@@ -36,6 +33,70 @@ def predict_coco(detector, gt: dict, image_root: Path, vocab, cfg: EvalConfig, p
                 "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)], "score": round(det.score, 5),
             })
     return detections
+
+
+def image_paths(gt: dict, image_root: Path) -> list[Path]:
+    paths = [image_root / image["file_name"] for image in gt["images"]]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise OvdetError(f"{missing[0]}: evaluation image not found ({len(missing)} missing under {image_root})")
+    return paths
+
+
+class ShardImages:
+    """The images of a shard folder, decoded on demand (a sequence Detector.detect can slice)."""
+
+    def __init__(self, locations: list[tuple[Path, Any]]):
+        self.locations = locations
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    def __getitem__(self, index):
+        import io
+
+        from PIL import Image
+
+        from ovdet.data.shards import read_range
+
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        shard, loc = self.locations[index]
+        with open(shard, "rb") as stream:
+            return Image.open(io.BytesIO(read_range(stream, loc.jpg_offset, loc.jpg_size))).convert("RGB")
+
+
+def eval_set_from_shards(shard_dir: Path, vocab) -> tuple[dict, ShardImages]:
+    """COCO GT (ids from the vocabulary, by category name) and lazy images from a shard folder."""
+    from ovdet.data.records import Record
+    from ovdet.data.shards import index_tar, read_manifest, read_range
+
+    gt: dict[str, list] = {"images": [], "annotations": [], "categories": [{"id": c.id, "name": c.name} for c in vocab.categories]}
+    locations = []
+    for source in read_manifest(shard_dir)["sources"].values():
+        for shard in source["shards"]:
+            path = Path(shard_dir) / shard["path"]
+            with open(path, "rb") as stream:
+                for loc in index_tar(path):
+                    record = Record.from_json(json.loads(read_range(stream, loc.json_offset, loc.json_size)))
+                    add_record_to_gt(gt, record, vocab)
+                    locations.append((path, loc))
+    return gt, ShardImages(locations)
+
+
+def add_record_to_gt(gt: dict, record, vocab) -> None:
+    image_id = len(gt["images"]) + 1
+    gt["images"].append({"id": image_id, "file_name": record.key, "width": record.width, "height": record.height})
+    crowd = record.is_crowd or [0] * len(record.boxes)
+    for (x1, y1, x2, y2), name, is_crowd in zip(record.boxes, record.category_names, crowd, strict=True):
+        try:
+            category_id = vocab.by_name(name).id
+        except OvdetError:
+            raise OvdetError(f"shard record {record.key}: category {name!r} is not in the vocabulary") from None
+        gt["annotations"].append({
+            "id": len(gt["annotations"]) + 1, "image_id": image_id, "category_id": category_id,
+            "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": int(is_crowd),
+        })
 
 
 def default_image_root(gt_path: Path, gt: dict) -> Path:
@@ -48,17 +109,23 @@ def default_image_root(gt_path: Path, gt: dict) -> Path:
 
 
 def evaluate_model(model_path: str | Path, cfg: EvalConfig, out_dir: Path, progress: bool = True, detector=None) -> dict[str, Any]:
-    """Load the model (unless given), predict on ``cfg.gt``, write detections, metrics and report."""
+    """Load the model (unless given), predict on the evaluation set, write detections, metrics and report."""
     from ovdet.eval.report import format_table, write_report
     from ovdet.infer import Detector
 
-    if not cfg.gt or not cfg.vocab:
-        raise OvdetError("eval needs eval.gt (COCO JSON) and eval.vocab (vocabulary YAML, preset or names)")
-    gt = read_json(cfg.gt, dict)
-    vocab = load_vocabulary(cfg.vocab, gt=gt)
+    if not (cfg.gt or cfg.shards) or not cfg.vocab:
+        raise OvdetError("eval needs eval.gt (COCO JSON) or eval.shards (a shard folder), and eval.vocab")
+    if cfg.shards:
+        vocab = load_vocabulary(cfg.vocab)
+        gt, images = eval_set_from_shards(Path(cfg.shards), vocab)
+        image_root = None
+    else:
+        gt = read_json(cfg.gt, dict)
+        vocab = load_vocabulary(cfg.vocab, gt=gt)
+        image_root = Path(cfg.image_root) if cfg.image_root else default_image_root(Path(cfg.gt), gt)
+        images = image_paths(gt, image_root)
     detector = detector or Detector.from_pretrained(model_path)
-    image_root = Path(cfg.image_root) if cfg.image_root else default_image_root(Path(cfg.gt), gt)
-    detections = predict_coco(detector, gt, image_root, vocab, cfg, progress)
+    detections = predict_coco(detector, gt, images, vocab, cfg, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "detections.json").write_text(json.dumps(detections))
     metrics = evaluate(gt, detections, vocab)
@@ -67,3 +134,45 @@ def evaluate_model(model_path: str | Path, cfg: EvalConfig, out_dir: Path, progr
     print(format_table(metrics))
     write_report(out_dir, metrics, gt, detections, vocab, image_root=image_root)
     return metrics
+
+
+def make_validator(cfg: EvalConfig):
+    """A ``validate(detector_module, step) -> {name: value}`` callable for periodic evaluation during
+    training (rank 0 evaluates, other ranks return nothing); the set is loaded once, capped at
+    ``cfg.max_images``."""
+    from ovdet import dist
+    from ovdet.infer import Detector
+
+    cache: dict[str, Any] = {}
+
+    def validate(model, step: int) -> dict[str, float]:
+        if not dist.is_main():
+            return {}
+        if not cache:
+            cache["gt"], cache["images"], cache["vocab"] = load_capped_eval_set(cfg)
+        was_training = model.training
+        try:
+            detector = Detector(model, model.spec)  # puts the model in eval mode
+            detections = predict_coco(detector, cache["gt"], cache["images"], cache["vocab"], cfg, progress=False)
+        finally:
+            model.train(was_training)
+        metrics = evaluate(cache["gt"], detections, cache["vocab"])
+        return {f"{key}_{part}": metrics[key][part] for key in ("AP", "AP50") for part in ("base", "novel", "all", "hm")}
+
+    return validate
+
+
+def load_capped_eval_set(cfg: EvalConfig):
+    if cfg.shards:
+        vocab = load_vocabulary(cfg.vocab)
+        gt, images = eval_set_from_shards(Path(cfg.shards), vocab)
+    else:
+        gt = read_json(cfg.gt, dict)
+        vocab = load_vocabulary(cfg.vocab, gt=gt)
+        images = image_paths(gt, Path(cfg.image_root) if cfg.image_root else default_image_root(Path(cfg.gt), gt))
+    if cfg.max_images and len(gt["images"]) > cfg.max_images:
+        keep = {image["id"] for image in gt["images"][: cfg.max_images]}
+        gt = {**gt, "images": gt["images"][: cfg.max_images],
+              "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+        images = images[: cfg.max_images]
+    return gt, images, vocab
