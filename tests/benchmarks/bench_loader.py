@@ -87,10 +87,10 @@ def main() -> None:
     from ovdet.data.loader import TrainLoader
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=192, help="synthetic image side in pixels")
+    parser.add_argument("--size", type=int, default=512, help="synthetic image side in pixels (COCO-like)")
     parser.add_argument("--image-size", type=int, default=192, help="loader input size")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--batches", type=int, default=60, help="batches per round")
+    parser.add_argument("--batches", type=int, default=100, help="batches per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ovdet-bench-loader")

@@ -105,7 +105,7 @@ def run_peer(cfg: DataConfig, out: Path) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--images", type=int, default=1500)
     # 512 px, not 192: at 192 px a whole image costs ~1 ms and the comparison measures only overheads
     parser.add_argument("--size", type=int, default=512, help="synthetic image side in pixels")
     parser.add_argument(
