@@ -64,7 +64,11 @@ def load_image(
     boxes = record.boxes
     if max_side and max(rgb.size) > max_side:
         meta["resized_from"] = list(rgb.size)
+        old_width, old_height = rgb.size
         rgb, boxes = resize(rgb, boxes, max_side)
+        if "areas" in meta:  # COCO segment areas scale with the pixel count
+            factor = rgb.size[0] * rgb.size[1] / (old_width * old_height)
+            meta["areas"] = [area * factor for area in meta["areas"]]
         is_original_jpeg = False
     output = data if is_original_jpeg else encode_jpeg(rgb, jpeg_quality, icc_profile)
     width, height = rgb.size

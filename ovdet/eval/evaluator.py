@@ -88,14 +88,15 @@ def add_record_to_gt(gt: dict, record, vocab) -> None:
     image_id = len(gt["images"]) + 1
     gt["images"].append({"id": image_id, "file_name": record.key, "width": record.width, "height": record.height})
     crowd = record.is_crowd or [0] * len(record.boxes)
-    for (x1, y1, x2, y2), name, is_crowd in zip(record.boxes, record.category_names, crowd, strict=True):
+    areas = record.meta.get("areas") or [(x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in record.boxes]
+    for (x1, y1, x2, y2), name, is_crowd, area in zip(record.boxes, record.category_names, crowd, areas, strict=True):
         try:
             category_id = vocab.by_name(name).id
         except OvdetError:
             raise OvdetError(f"shard record {record.key}: category {name!r} is not in the vocabulary") from None
         gt["annotations"].append({
             "id": len(gt["annotations"]) + 1, "image_id": image_id, "category_id": category_id,
-            "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": int(is_crowd),
+            "bbox": [x1, y1, x2 - x1, y2 - y1], "area": area, "iscrowd": int(is_crowd),
         })
 
 

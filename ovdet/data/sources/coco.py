@@ -164,6 +164,10 @@ def add_annotation(record: Record, annotation: dict[str, Any], categories: dict[
     record.category_names.append(categories[category_id]["name"])
     record.is_crowd.append(int(bool(annotation.get("iscrowd", 0))))
     record.meta["clipped_boxes"] += int(was_clipped)
+    # COCO's area (segment pixels) decides the small/medium/large ranges: keep it for evaluation.
+    area = annotation.get("area")
+    has_area = isinstance(area, int | float) and not isinstance(area, bool) and area > 0
+    record.meta.setdefault("areas", []).append(float(area) if has_area else (box[2] - box[0]) * (box[3] - box[1]))
 
 
 def add_lvis_labels(record: Record, image: dict[str, Any], categories: dict[int, dict[str, Any]]) -> None:
