@@ -71,6 +71,8 @@ def warmup_cosine(train: TrainConfig) -> Callable[[int], float]:
 
 
 def deepspeed_config(train: TrainConfig, loader: LoaderConfig) -> dict[str, Any]:
+    if train.precision == "fp16" and not torch.cuda.is_available():
+        raise OvdetError("train.precision=fp16 needs a GPU (DeepSpeed's CPU accelerator has fp32 and bf16)")
     return {
         "train_micro_batch_size_per_gpu": loader.batch_size,
         "gradient_accumulation_steps": train.grad_accumulation,
@@ -152,7 +154,8 @@ def export_weights(engine, out_dir: Path, spec: dict[str, Any], extra: dict[str,
 
     state = engine.module.detector.state_dict()
     if engine.zero_optimization_stage() == 3:
-        state = {k.removeprefix("detector."): v for k, v in engine._zero3_consolidated_16bit_state_dict().items()}
+        consolidated = engine._zero3_consolidated_16bit_state_dict()  # collective; None on ranks > 0
+        state = {k.removeprefix("detector."): v for k, v in (consolidated or {}).items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main():
         tensors = {k: v.detach().float().contiguous().clone() for k, v in state.items()}
