@@ -83,6 +83,13 @@ def train_and_eval(arm: str, seed: int, args, world: Path, shards: Path) -> Path
     return out
 
 
+def display_path(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+NOTES_MARKER = "<!-- notes: kept when the script rewrites the tables -->"
+
+
 def mean_spread(values: list[float]) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.3f} ± {spread:.3f}"
@@ -136,7 +143,7 @@ def results_markdown(table: dict, args, plot_name: str) -> str:
     lines = [
         "# Open-vocabulary transfer on the synthetic world", "",
         f"Reproduce the whole table (about 3.5 minutes per run on a 2-core CPU): `{command}`",
-        f"(runs in `{args.out}`; finished runs are reused). Setting: the demo's world (600 detection, "
+        f"(runs in `{display_path(args.out)}`; finished runs are reused). Setting: the demo's world (600 detection, "
         f"300 grounding, 600 image-text training images; 150 eval images; 48 colour x shape categories, "
         f"12 novel), the demo model (frozen MiniLM text tower, EfficientNet-Lite0), batch 8, "
         f"{args.steps} steps per run, seeds {', '.join(map(str, args.seeds))} (training and loader seed; the world "
@@ -190,7 +197,9 @@ def main() -> None:
     table = collect(runs)
     args.docs.mkdir(parents=True, exist_ok=True)
     plot(runs, args.docs / "results_ap50_novel.png", args.val_images)
-    (args.docs / "results.md").write_text(results_markdown(table, args, "results_ap50_novel.png"))
+    results = args.docs / "results.md"
+    notes = results.read_text().partition(NOTES_MARKER)[2] if results.exists() else ""
+    results.write_text(results_markdown(table, args, "results_ap50_novel.png") + NOTES_MARKER + (notes or "\n"))
     (args.out / "table.json").write_text(json.dumps(table, indent=1))
     print((args.docs / "results.md").read_text())
 
