@@ -131,7 +131,8 @@ def cmd_eval(args) -> int:
         if not (args.gt and args.vocab and args.out):
             raise OvdetError("eval from detections needs --gt, --detections, --vocab and --out")
         novel = [n.strip() for n in args.novel.split(",")] if args.novel else None
-        evaluate_files(args.gt, args.detections, args.vocab, args.out, novel=novel, image_root=args.image_root)
+        evaluate_files(args.gt, args.detections, args.vocab, args.out, novel=novel, image_root=args.image_root,
+                       report=not args.no_report, engine=args.engine)
         return 0
     from ovdet.eval.evaluator import evaluate_model
 
@@ -216,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root", default=None, help="images of the GT (for inference and the report grid)")
     p.add_argument("--model", default=None, help="model folder or Hub repo id")
     p.add_argument("--out", default=None, help="output folder for metrics.json and report.md")
+    p.add_argument("--engine", default="faster", choices=["faster", "pycocotools"],
+                   help="COCOeval engine for precomputed detections (identical numbers; faster is faster)")
+    p.add_argument("--no-report", action="store_true", help="precomputed detections: write metrics.json only")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("detect", help="zero-shot detection with a custom vocabulary", description=(

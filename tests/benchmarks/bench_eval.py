@@ -1,4 +1,4 @@
-"""Benchmark: `python -m ovdet.eval` vs plain pycocotools COCOeval on an LVIS-scale synthetic set.
+"""Benchmark: `python -m ovdet.cli eval` vs plain pycocotools COCOeval on an LVIS-scale synthetic set.
 
     python tests/benchmarks/bench_eval.py [--images 5000 --categories 1203 --dets 300]
 
@@ -6,7 +6,7 @@ Generates GT (a few boxes per image, categories with LVIS r/c/f frequencies), de
 ``--dets`` per image: noisy copies of GT boxes plus false positives) and a vocab YAML into a temp
 dir, then times whole processes on the same files:
 
-* ours: ``python -m ovdet.eval --gt ... --detections ... --vocab ... --out ...`` (metrics + report)
+* ours: ``python -m ovdet.cli eval --gt ... --detections ... --vocab ... --out ...`` (metrics + report)
 * peer: a python process running pycocotools COCO + loadRes + COCOeval evaluate/accumulate/summarize
 
 Prints ``ours``, ``peer (pycocotools COCOeval)`` and ``ratio`` (peer / ours), and checks that the
@@ -142,13 +142,13 @@ def main() -> None:
         folder = Path(args.keep or temp)
         folder.mkdir(parents=True, exist_ok=True)
         paths = write_benchmark(folder, args)
-        ours_command = [sys.executable, "-m", "ovdet.eval", "--gt", str(paths["gt"]), "--detections",
+        ours_command = [sys.executable, "-m", "ovdet.cli", "eval", "--gt", str(paths["gt"]), "--detections",
                         str(paths["dets"]), "--vocab", str(paths["vocab"]), "--out", str(folder / "out")]  # fmt: skip
         ours_seconds, _ = timed(ours_command)
         peer_seconds, peer_out = timed([sys.executable, "-c", PEER_SCRIPT, str(paths["gt"]), str(paths["dets"])])
         ours = json.loads((folder / "out" / "metrics.json").read_text())
         peer = dict(zip(METRIC_ORDER, json.loads(peer_out.strip().splitlines()[-1])[:6], strict=True))
-    print(f"ours                        {ours_seconds:8.1f} s  (python -m ovdet.eval, faster-coco-eval, + report)")
+    print(f"ours                        {ours_seconds:8.1f} s  (python -m ovdet.cli eval, faster-coco-eval, + report)")
     print(f"peer (pycocotools COCOeval) {peer_seconds:8.1f} s")
     print(f"ratio                       {peer_seconds / ours_seconds:8.1f} x")
     for name in METRIC_ORDER:

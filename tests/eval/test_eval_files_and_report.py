@@ -1,4 +1,4 @@
-"""evaluate_files / python -m ovdet.eval write metrics.json, the table and the report; no torch import."""
+"""evaluate_files / python -m ovdet.cli eval write metrics.json, the table and the report; no torch import."""
 
 from __future__ import annotations
 
@@ -73,9 +73,9 @@ def test_lvis_vocabulary_adds_frequency_group_ap(coco_world):
     assert {"APc", "APf"} <= set(metrics)
 
 
-def test_module_entry_point_exits_2_with_one_line_on_user_error(coco_world, tmp_path):
+def test_cli_eval_exits_2_with_one_line_on_user_error(coco_world, tmp_path):
     paths = write_world(tmp_path, *coco_world)
-    command = [sys.executable, "-m", "ovdet.eval", "--gt", str(paths["gt"]), "--detections", str(paths["dets"]),
+    command = [sys.executable, "-m", "ovdet.cli", "eval", "--gt", str(paths["gt"]), "--detections", str(paths["dets"]),
                "--vocab", "cat,unicorn", "--out", str(tmp_path / "out")]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 2
@@ -83,6 +83,6 @@ def test_module_entry_point_exits_2_with_one_line_on_user_error(coco_world, tmp_
 
 
 def test_eval_import_chain_does_not_import_torch():
-    code = ("import sys, ovdet.eval, ovdet.eval.__main__, ovdet.eval.metrics, ovdet.eval.report, ovdet.data.vocab; "
+    code = ("import sys, ovdet.cli, ovdet.eval, ovdet.eval.metrics, ovdet.eval.report, ovdet.data.vocab; "
             "import faster_coco_eval; assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True)
