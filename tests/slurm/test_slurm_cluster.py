@@ -34,7 +34,7 @@ def job_fields(job_id: str) -> dict[str, str]:
 def job_logs(run_dir: Path) -> str:
     parts = []
     for path in sorted((run_dir / "slurm").glob("*.out")) + sorted((run_dir / "slurm").glob("*.err")):
-        parts.append(f"---- {path.name}\n{path.read_text()[-3000:]}")
+        parts.append(f"---- {path.name}\n{path.read_text(errors='replace')[-3000:]}")  # a killed task may cut a UTF-8 tqdm bar
     return "\n".join(parts)
 
 
@@ -148,7 +148,7 @@ def test_preempted_training_is_requeued_and_resumes_from_its_checkpoint(tiny_wor
     fields = wait_for_job(job_id, run_dir)
     assert fields["JobState"] == "COMPLETED", job_logs(run_dir)
     assert fields["Restarts"] == "1"
-    train_log = (run_dir / "train" / "logs" / "train.log").read_text()
+    train_log = (run_dir / "train" / "logs" / "train.log").read_text(errors="replace")
     resumed = [int(k) for k in re.findall(r"resumed from \S+ at step (\d+)", train_log)]
     assert resumed and all(k > 0 for k in resumed), train_log[-3000:]
     assert "(restart 1)" in job_logs(run_dir)
