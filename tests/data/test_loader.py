@@ -18,6 +18,7 @@ from ovdet.config import LoaderConfig
 from ovdet.data.loader import MixedSampleStream, TrainLoader, build_sample
 from ovdet.data.records import Phrase, Record
 from ovdet.data.shards import MANIFEST, write_json_atomic, write_tar_atomic
+from ovdet.ops.boxes import box_cxcywh_to_xyxy
 from pipelines.shard import names_of
 
 NAMES = [f"thing{i}" for i in range(30)]
@@ -317,29 +318,24 @@ def bright_region_xyxy(image: torch.Tensor) -> np.ndarray:
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float64)
 
 
-def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-    cx, cy, w, h = boxes.T
-    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+def input_boxes_xyxy(sample: dict, size: int) -> np.ndarray:
+    """The sample's normalized cxcywh boxes as xyxy pixels of the letterboxed input."""
+    return box_cxcywh_to_xyxy(sample["boxes"].double()).numpy() * size
+
+
+def one_box_record(width: int, height: int, box: list[int]) -> Record:
+    return Record(key="r", source="s", kind="detection", width=width, height=height,
+                  boxes=[[float(v) for v in box]], category_ids=[0], category_names=["cat"], is_crowd=[0])
 
 
 @pytest.mark.parametrize("flip", [0.0, 1.0])
 def test_letterboxed_boxes_map_back_to_the_original_boxes(flip):
     box, size = [10, 6, 30, 20], 32
-    record = Record(
-        key="r",
-        source="s",
-        kind="detection",
-        width=64,
-        height=48,
-        boxes=[[float(v) for v in box]],
-        category_ids=[0],
-        category_names=["cat"],
-        is_crowd=[0],
-    )
+    record = one_box_record(64, 48, box)
     sample = sample_of(
         record, [], image=rectangle_jpeg(64, 48, box), image_size=size, min_scale=1.0, hflip_probability=flip
     )
-    in_input = cxcywh_to_xyxy(sample["boxes"].numpy().astype(np.float64)) * size
+    in_input = input_boxes_xyxy(sample, size)
     scale = size / 64
     expected = np.array([[64 - 30, 6, 64 - 10, 20]] if flip else [box], dtype=np.float64) * scale
     np.testing.assert_allclose(in_input, expected, atol=1e-4)
@@ -355,17 +351,7 @@ def test_letterboxed_boxes_map_back_to_the_original_boxes(flip):
 @pytest.mark.parametrize("seed", range(4))
 def test_boxes_follow_the_pixels_under_scale_jitter_and_flip(seed):
     box, size = [8, 4, 40, 28], 64
-    record = Record(
-        key="r",
-        source="s",
-        kind="detection",
-        width=48,
-        height=36,
-        boxes=[[float(v) for v in box]],
-        category_ids=[0],
-        category_names=["cat"],
-        is_crowd=[0],
-    )
+    record = one_box_record(48, 36, box)
     sample = sample_of(
         record,
         [],
@@ -375,7 +361,7 @@ def test_boxes_follow_the_pixels_under_scale_jitter_and_flip(seed):
         min_scale=0.5,
         hflip_probability=0.5,
     )
-    in_input = cxcywh_to_xyxy(sample["boxes"].numpy().astype(np.float64))[0] * size
+    in_input = input_boxes_xyxy(sample, size)[0]
     np.testing.assert_allclose(bright_region_xyxy(sample["image"]), in_input, atol=1.5)
 
 
