@@ -59,7 +59,7 @@ class SetCriterion(nn.Module):
         num_boxes = global_num_boxes(box_targets)
         losses = {}
         losses.update(self.loss_labels(outputs, box_targets, indices, num_boxes))
-        losses.update(self.loss_contrastive(outputs, box_targets, indices))
+        losses.update(self.loss_contrastive(outputs, box_targets, indices, num_boxes))
         losses.update(self.loss_boxes(outputs, box_targets, indices, num_boxes))
         if self.cfg.image_loss != "none":
             losses.update(self.loss_image(outputs, image_targets or [None] * len(targets)))
@@ -96,17 +96,18 @@ class SetCriterion(nn.Module):
         outputs: dict[str, Tensor],
         targets: list[dict[str, Tensor]],
         indices: list[tuple[Tensor, Tensor]],
+        num_boxes: float,
     ) -> dict[str, Tensor]:
         """Region-text InfoNCE: each matched query's softmax over its image's real texts vs its label.
 
         The similarity is ``pred_similarity / contrastive_temperature`` when the model gives cosine
         similarities, else ``pred_logits`` as they are (they already carry the head's learned
-        scale; dividing them again would sharpen the softmax twice). Mean over matched queries;
+        scale; dividing them again would sharpen the softmax twice). Sum over matched queries divided by num_boxes
+        (all targets are matched, so this is the global mean over matches);
         0 (still attached to the graph) when nothing is matched. Returns ``{"loss_contrastive": scalar}``.
         """
         logits = outputs["pred_logits"]
         batch_idx, query_idx = matched_query_index(indices)
-        denominator = global_count(len(batch_idx))  # every rank joins the reduction, even with no match
         if len(batch_idx) == 0:
             return {"loss_contrastive": zero_loss(logits)}
         if "pred_similarity" in outputs:
@@ -118,7 +119,7 @@ class SetCriterion(nn.Module):
         matched = matched.masked_fill(~is_real, torch.finfo(matched.dtype).min)
         labels = matched_targets(targets, indices, "labels").long()  # (m,)
         loss = F.cross_entropy(matched, labels, reduction="sum")
-        return {"loss_contrastive": loss / denominator}
+        return {"loss_contrastive": loss / num_boxes}  # every target is matched: matches == boxes
 
     def loss_boxes(
         self,
