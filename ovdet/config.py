@@ -111,6 +111,7 @@ class LossConfig:
     image_loss: Literal["max_score", "max_size", "none"] = "max_score"
     contrastive_temperature: float = 0.07
     weights: dict[str, float] = field(
+        metadata={"keys": ("loss_labels", "loss_bbox", "loss_giou", "loss_contrastive", "loss_image")},
         default_factory=lambda: {
             "loss_labels": 2.0,
             "loss_bbox": 5.0,
@@ -239,6 +240,17 @@ def build(cls: type, raw: Any, source: str, prefix: str):
         if key not in names:
             raise OvdetError(f"{source}: unknown key '{prefix}{key}' (known: {', '.join(sorted(names))})")
     values = {key: convert(hints[key], value, source, f"{prefix}{key}") for key, value in raw.items()}
+    for field_ in dataclasses.fields(cls):
+        # A mapping field given in part (``loss.weights.loss_image=0.1``) updates its default
+        # mapping instead of replacing it, which would silently drop every other entry.
+        if not isinstance(values.get(field_.name), dict):
+            continue
+        unknown = sorted(set(values[field_.name]) - set(field_.metadata.get("keys", values[field_.name])))
+        if unknown:
+            known = ", ".join(field_.metadata["keys"])
+            raise OvdetError(f"{source}: unknown key '{prefix}{field_.name}.{unknown[0]}' (known: {known})")
+        if field_.default_factory is not dataclasses.MISSING:
+            values[field_.name] = {**field_.default_factory(), **values[field_.name]}
     return cls(**values)
 
 

@@ -35,6 +35,18 @@ def test_override_into_a_list_of_sources(tmp_path):
     assert cfg.data.sources[0].weight == 3.0
 
 
+def test_one_loss_weight_updates_the_defaults_instead_of_replacing_them(tmp_path):
+    path = write(tmp_path, "loss:\n  weights: {loss_giou: 3}\n")
+    cfg = load_config(path, ["loss.weights.loss_image=0.1"])
+    assert cfg.loss.weights == {**Config().loss.weights, "loss_giou": 3.0, "loss_image": 0.1}
+
+
+def test_unknown_loss_weight_names_the_key_and_the_file(tmp_path):
+    path = write(tmp_path, "train:\n  steps: 3\n")
+    with pytest.raises(OvdetError, match=r"cfg\.yaml: unknown key 'loss\.weights\.loss_imge' \(known: loss_labels"):
+        load_config(path, ["loss.weights.loss_imge=0.1"])
+
+
 def test_unknown_key_names_the_key_and_the_file(tmp_path):
     path = write(tmp_path, "train:\n  stepz: 3\n")
     with pytest.raises(OvdetError, match=r"cfg\.yaml: unknown key 'train\.stepz'"):
