@@ -109,6 +109,10 @@ class LossConfig:
     cost_bbox: float = 5.0
     cost_giou: float = 2.0
     image_loss: Literal["max_score", "max_size", "none"] = "max_score"
+    # loss_image is off for the first image_loss_start optimizer steps, then its weight rises
+    # linearly over image_loss_ramp steps (Detic trains image labels on a box-supervised detector)
+    image_loss_start: int = 0
+    image_loss_ramp: int = 0
     contrastive_temperature: float = 0.07
     weights: dict[str, float] = field(
         metadata={"keys": ("loss_labels", "loss_bbox", "loss_giou", "loss_contrastive", "loss_image")},

@@ -29,6 +29,8 @@ class DetectionTask(nn.Module):
         self.detector = detector
         self.criterion = SetCriterion(build_matcher(loss_cfg), loss_cfg)
         self.weights = dict(loss_cfg.weights)
+        self.image_loss_start, self.image_loss_ramp = loss_cfg.image_loss_start, loss_cfg.image_loss_ramp
+        self.step = 0  # the optimizer step being trained; the training loop sets it before each forward
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         device = self.detector.pixel_mean.device
@@ -43,13 +45,24 @@ class DetectionTask(nn.Module):
         ]
         image_targets = [None if flag else labels.to(device) for labels, flag in zip(batch["image_labels"], has_boxes, strict=True)]
         losses = self.criterion(matcher_input, targets, image_targets)
-        return weighted_sum(losses, self.weights), losses
+        weights = scheduled_weights(self.weights, self.step, self.image_loss_start, self.image_loss_ramp)
+        return weighted_sum(losses, weights), losses
 
     def autocast_to_parameter_dtype(self, device: torch.device):
         """bf16/fp16 engines cast the parameters, not the float inputs the detector builds
         (normalized pixels, text embeddings): autocast makes them meet; losses stay fp32."""
         parameter_dtype = next(p.dtype for p in self.detector.parameters())
         return torch.autocast(device.type, dtype=parameter_dtype, enabled=parameter_dtype != torch.float32)
+
+
+def scheduled_weights(weights: dict[str, float], step: int, image_start: int, image_ramp: int) -> dict[str, float]:
+    """The loss weights at optimizer step ``step``: ``loss_image`` is 0 before ``image_start``, then
+    rises linearly to its weight over ``image_ramp`` steps (at once when 0); the others are constant."""
+    if "loss_image" not in weights:
+        return dict(weights)
+    ramp = (step - image_start + 1) / image_ramp if image_ramp else 1.0
+    factor = 0.0 if step < image_start else min(1.0, ramp)
+    return {**weights, "loss_image": factor * weights["loss_image"]}
 
 
 def embed_text_lists(detector: OpenVocabDetector, texts: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:

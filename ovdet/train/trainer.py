@@ -275,6 +275,7 @@ class TrainingLoop:
         batches = self.loader.iterate(UNBOUNDED_BATCHES)
         while self.state["step"] < self.train.steps:
             batch = next(batches)  # fetched only when needed: the loader position stays exact
+            self.engine.module.step = self.state["step"]  # loss schedules follow the optimizer step
             total, parts = self.engine(batch)
             if not self.agree_is_finite(total):
                 self.skip_nonfinite()
