@@ -46,6 +46,9 @@ class SourceConfig:
     paths: list[str] = field(default_factory=list)
     image_root: str = ""
     weight: float = 1.0
+    # image_text only: a vocabulary (file or preset, as for `ovdet eval`) whose names are matched in
+    # each caption at shard time to give its image-level labels (Detic); "" = split the caption into phrases
+    vocabulary: str = ""
 
 
 @dataclass

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from ovdet.config import DataConfig, to_dict
-from ovdet.data.captions import extract_caption_phrases
 from ovdet.data.records import Record
 from ovdet.data.shards import (
     MANIFEST,
@@ -149,7 +148,7 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
 def names_of(record: Record) -> list[str]:
     """The names this record can be a positive for: its negatives' pool for the loader."""
     if record.kind == "image_text":
-        return extract_caption_phrases(record.caption)
+        return record.caption_labels()
     if record.kind == "grounding":
         return [p.text for p in record.phrases]
     return list(record.category_names)

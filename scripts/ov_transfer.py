@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,23 @@ ARMS = {
     "A": ("detection only", ["synth-detection"]),
     "B": ("detection + grounding", ["synth-detection", "synth-grounding"]),
     "C": ("detection + grounding + image-text", ["synth-detection", "synth-grounding", "synth-image-text"]),
+}
+# What was tried when arm C missed its target: name -> (arm, what changed, overrides of configs/demo.yaml).
+VARIANTS = {
+    "C-no-image-loss": ("C", "no image-level loss (image-text samples add nothing but batch share)",
+                        ["loss.image_loss=none"]),
+    "C-image-w0.1": ("C", "loss_image weight 0.1 (Detic's)", ["loss.weights.loss_image=0.1"]),
+    "C-image-w0.25": ("C", "loss_image weight 0.25", ["loss.weights.loss_image=0.25"]),
+    "C-max-size": ("C", "image loss max_size (Detic) instead of max_score", ["loss.image_loss=max_size"]),
+    "C-share0.5": ("C", "image-text source weight 0.5 instead of 1", ["loader.source_weights={synth-image-text: 0.5}"]),
+    "C-negatives20": ("C", "20 negative names per image instead of 60", ["loader.num_negatives=20"]),
+    "C-text-tuned": ("C", "text tower tuned (lr x0.1) instead of frozen", ["model.freeze_text=false"]),
+    "C-image-start200": ("C", "loss_image off for 200 steps, then ramped in over 100 (Detic-style box warm start)",
+                         ["loss.image_loss_start=200", "loss.image_loss_ramp=100"]),
+    "C-image-start100-w0.25": ("C", "loss_image off for 100 steps, ramped in over 100, weight 0.25",
+                               ["loss.image_loss_start=100", "loss.image_loss_ramp=100", "loss.weights.loss_image=0.25"]),
+    "C-one-template": ("C", "training prompts always 'a photo of a {}.' (the eval template)",
+                       ["loader.prompt_templates=['a photo of a {}.']", "loader.template_probability=1.0"]),
 }
 PARTS = ("base", "novel", "all", "hm")
 REPO = Path(__file__).resolve().parents[1]
@@ -43,12 +61,12 @@ def run(command: list[str], log: Path) -> None:
 
 
 def prepare_data(out: Path) -> tuple[Path, Path]:
+    """The world (drawn once) and its shards (the shard stage skips shards whose input is unchanged)."""
     world, shards = out / "synth", out / "shards"
     if not (world / "world.json").exists():
         run([*OVDET, "synth", "--config", "configs/demo.yaml", "--out", str(world)], out / "logs" / "synth.log")
-    if not (shards / "manifest.json").exists():
-        run([*OVDET, "shard", "--config", "configs/data/synthetic.yaml", "--out", str(shards), f"root={world.resolve()}"],
-            out / "logs" / "shard.log")
+    run([*OVDET, "shard", "--config", "configs/data/synthetic.yaml", "--out", str(shards), f"root={world.resolve()}",
+         "--overwrite"], out / "logs" / "shard.log")
     return world, shards
 
 
@@ -63,16 +81,65 @@ def synonym_vocabulary(world: Path, out: Path) -> Path:
     return path
 
 
-def train_and_eval(arm: str, seed: int, args, world: Path, shards: Path) -> Path:
-    out = args.out / f"{arm}-seed{seed}"
+# Settings that cannot change a run without image-text samples: its reuse ignores them.
+IMAGE_LOSS_KEYS = ("loss.image_loss", "loss.image_loss_start", "loss.image_loss_ramp", "loss.weights.loss_image")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_settings(out: Path, arm: str, train_overrides: list[str]) -> list[str]:
+    """The config keys on which the finished run in ``out`` differs from the run now asked for
+    (keys the run's config predates count as their defaults)."""
+    from ovdet.config import Config, load_config, to_dict
+
+    stored = flatten(json.loads((out / "train" / "config.json").read_text()))
+    wanted = flatten(to_dict(load_config(REPO / "configs" / "demo.yaml", train_overrides)))
+    defaults = flatten(to_dict(Config()))
+    keys = [k for k, v in wanted.items() if stored.get(k, defaults.get(k)) != v]
+    if "synth-image-text" not in ARMS[arm][1]:
+        keys = [k for k in keys if k not in IMAGE_LOSS_KEYS]
+    return keys
+
+
+def shard_checksums(shards: Path, arm: str) -> dict[str, list[str]]:
+    """The sha256 of every shard the arm trains on, per source (from the shard manifest)."""
+    manifest = json.loads((shards / "manifest.json").read_text())["sources"]
+    return {name: [shard["sha256"] for shard in manifest[name]["shards"]] for name in ARMS[arm][1]}
+
+
+def train_and_eval(arm: str, seed: int, args, world: Path, shards: Path, name: str = "",
+                   overrides: tuple[str, ...] = ()) -> Path:
+    """Train and evaluate one run in ``args.out/NAME-seedS``, reusing a finished run with the same config."""
+    out = args.out / f"{name or arm}-seed{seed}"
     eval_overrides = [f"eval.gt={world / 'eval.json'}", f"eval.vocab={world / 'vocab.yaml'}",
                       f"eval.image_root={world / 'images'}"]
+    sources = "[" + ",".join(ARMS[arm][1]) + "]"
+    train_overrides = [
+        f"loader.shard_dirs=[{shards}]", f"loader.sources={sources}", f"train.seed={seed}", f"loader.seed={seed}",
+        f"train.steps={args.steps}", f"train.checkpoint_every={args.steps}", f"eval.every={args.eval_every}",
+        f"eval.max_images={args.val_images}", *eval_overrides, *overrides,
+    ]
+    data = shard_checksums(shards, arm)
+    if (out / "train" / "config.json").exists():
+        changed = changed_settings(out, arm, train_overrides)
+        if not (out / "data.json").exists() or json.loads((out / "data.json").read_text()) != data:
+            changed.append("training shards")
+        if changed:
+            print(f"{out.name}: {', '.join(changed)} changed; training again", flush=True)
+            shutil.rmtree(out)
     if not (out / "train" / "final" / "model.safetensors").exists():
-        sources = "[" + ",".join(ARMS[arm][1]) + "]"
-        run([*OVDET, "train", "--config", "configs/demo.yaml", "--out", str(out / "train"),
-             f"loader.shard_dirs=[{shards}]", f"loader.sources={sources}", f"train.seed={seed}", f"loader.seed={seed}",
-             f"train.steps={args.steps}", f"train.checkpoint_every={args.steps}", f"eval.every={args.eval_every}",
-             f"eval.max_images={args.val_images}", *eval_overrides], out / "train.log")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "data.json").write_text(json.dumps(data, indent=1))
+        run([*OVDET, "train", "--config", "configs/demo.yaml", "--out", str(out / "train"), *train_overrides],
+            out / "train.log")
     if not (out / "eval" / "metrics.json").exists():
         run([*OVDET, "eval", "--config", "configs/demo.yaml", "--model", str(out / "train" / "final"),
              "--out", str(out / "eval"), *eval_overrides], out / "eval.log")
@@ -95,14 +162,15 @@ def mean_spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
+def metric_lists(outs: list[Path], folder: str) -> dict[str, dict[str, list[float]]]:
+    """{"AP50"|"AP": {part: [value per run]}} from each run's ``folder/metrics.json``."""
+    metrics = [json.loads((o / folder / "metrics.json").read_text()) for o in outs]
+    return {key: {part: [m[key][part] for m in metrics] for part in PARTS} for key in ("AP50", "AP")}
+
+
 def collect(runs: dict[str, list[Path]]) -> dict:
-    table = {}
-    for arm, outs in runs.items():
-        metrics = [json.loads((o / "eval" / "metrics.json").read_text()) for o in outs]
-        table[arm] = {key: {part: [m[key][part] for m in metrics] for part in PARTS} for key in ("AP50", "AP")}
-        if arm == "C":
-            synonyms = [json.loads((o / "eval-synonyms" / "metrics.json").read_text()) for o in outs]
-            table["C-synonyms"] = {key: {part: [m[key][part] for m in synonyms] for part in PARTS} for key in ("AP50", "AP")}
+    table = {arm: metric_lists(outs, "eval") for arm, outs in runs.items()}
+    table["C-synonyms"] = metric_lists(runs["C"], "eval-synonyms")
     return table
 
 
@@ -175,7 +243,29 @@ def results_markdown(table: dict, args, plot_name: str) -> str:
         f"| novel names → synonyms | {mean_spread(syn['base'])} | {mean_spread(syn['novel'])} | {mean_spread(syn['hm'])} |",
         "", "## AP50_novel during training", "", f"![AP50 novel against training steps]({plot_name})", "",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + variants_markdown(table, args)) + "\n"
+
+
+def variants_markdown(table: dict, args) -> list[str]:
+    """The table of what was tried: each variant of arm C next to arms A and C on the same seeds."""
+    if not args.variants:
+        return []
+    seeds = ", ".join(map(str, args.variant_seeds))
+    lines = [
+        "## What was tried", "",
+        f"Variants of arm C, {args.steps} steps, seed(s) {seeds}, each changing one thing against `configs/demo.yaml` "
+        "(the overrides are in `VARIANTS` in `scripts/ov_transfer.py`); arms A and C on the same seed(s) for "
+        "reference. Screening runs on one seed: read differences below the seed spread of the main table as noise.", "",
+        "| run | what changed | AP50 base | AP50 novel | AP50 HM | novel − A novel |", "|---|---|---|---|---|---|",
+    ]
+    a_novel = statistics.mean(table["A-variant-seeds"]["AP50"]["novel"])
+    rows = [("A", ARMS["A"][0], table["A-variant-seeds"]), ("C", ARMS["C"][0], table["C-variant-seeds"])]
+    rows += [(name, VARIANTS[name][1], table[name]) for name in args.variants]
+    for name, what, row in rows:
+        ap50 = row["AP50"]
+        cells = [f"{statistics.mean(ap50[p]):.3f}" for p in ("base", "novel", "hm")]
+        lines.append(f"| {name} | {what} | " + " | ".join(cells) + f" | {statistics.mean(ap50['novel']) - a_novel:+.3f} |")
+    return lines + [""]
 
 
 def main() -> None:
@@ -186,6 +276,9 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("runs/ov-transfer"))
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="variants of arm C to run (default: all; none: just the three arms)")
+    parser.add_argument("--variant-seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     args.out = args.out.resolve()
     world, shards = prepare_data(args.out)
@@ -194,7 +287,17 @@ def main() -> None:
         for arm in ARMS:
             runs[arm].append(train_and_eval(arm, seed, args, world, shards))
             print(f"done: arm {arm} seed {seed}", flush=True)
+    variant_runs = {}
+    for name in args.variants:
+        arm, _, overrides = VARIANTS[name]
+        variant_runs[name] = [train_and_eval(arm, seed, args, world, shards, name, tuple(overrides))
+                              for seed in args.variant_seeds]
+        print(f"done: variant {name}", flush=True)
     table = collect(runs)
+    for arm in ("A", "C"):
+        reference = [train_and_eval(arm, seed, args, world, shards) for seed in args.variant_seeds]
+        table[f"{arm}-variant-seeds"] = metric_lists(reference, "eval")
+    table.update({name: metric_lists(outs, "eval") for name, outs in variant_runs.items()})
     args.docs.mkdir(parents=True, exist_ok=True)
     plot(runs, args.docs / "results_ap50_novel.png", args.val_images)
     results = args.docs / "results.md"

@@ -31,13 +31,20 @@ def extract_caption_phrases(caption: str, vocabulary: list[str] | None = None) -
 
 
 def match_vocabulary(caption: str, vocabulary: list[str]) -> list[str]:
+    """The vocabulary names ``caption`` mentions (a trailing plural "s" allowed), in order of first mention."""
+    return [name for _, _, name in match_vocabulary_spans(caption, vocabulary)]
+
+
+def match_vocabulary_spans(caption: str, vocabulary: list[str]) -> list[tuple[int, int, str]]:
+    """``(start, end, name)`` of each name's first mention, sorted by position; a longer name wins
+    over a shorter one inside it ("red circle" over "circle"), and one stretch of text names one name."""
     text = caption.lower()
-    found: list[tuple[int, str]] = []
+    found: list[tuple[int, int, str]] = []
     taken = [False] * len(text)
     for name in sorted(set(vocabulary), key=len, reverse=True):
         for match in re.finditer(rf"\b{re.escape(name.lower())}s?\b", text):
             if not any(taken[match.start() : match.end()]):
                 taken[match.start() : match.end()] = [True] * (match.end() - match.start())
-                found.append((match.start(), name))
+                found.append((match.start(), match.end(), name))
                 break
-    return [name for _, name in sorted(found)]
+    return sorted(found)

@@ -25,7 +25,6 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ovdet.config import LoaderConfig
-from ovdet.data.captions import extract_caption_phrases
 from ovdet.data.records import Record
 from ovdet.data.shards import SampleLocation, index_tar, read_manifest
 from ovdet.errors import OvdetError
@@ -164,7 +163,10 @@ def build_sample(jpeg: bytes, record: Record, pool: list[str], cfg: LoaderConfig
     boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)[keep]
     flip_width = record.width * scale if flip else None
     boxes = transform_boxes(boxes, scale, flip_width, cfg.image_size).astype(np.float32)
-    negatives = sample_negatives(pool, set(positives) | set(record.category_names), cfg.num_negatives, rng)
+    excluded = set(positives) | set(record.category_names)
+    if record.kind == "image_text":  # chunked caption phrases: "red heart" vs "red heart on a mat"
+        excluded |= {name for name in pool if overlaps_any(name, positives)}
+    negatives = sample_negatives(pool, excluded, cfg.num_negatives, rng)
     texts = apply_templates(positives + negatives, record.kind, cfg, rng)
     is_image_text = record.kind == "image_text"
     return {
@@ -183,7 +185,7 @@ def build_sample(jpeg: bytes, record: Record, pool: list[str], cfg: LoaderConfig
 def positives_of(record: Record) -> tuple[list[str], list[int], np.ndarray]:
     """Positive texts, each kept box's index into them, and the mask of boxes kept."""
     if record.kind == "image_text":
-        return extract_caption_phrases(record.caption), [], np.zeros(len(record.boxes), dtype=bool)
+        return record.caption_labels(), [], np.zeros(len(record.boxes), dtype=bool)
     names = list(record.category_names)
     if record.kind == "grounding":
         for phrase in record.phrases:
@@ -194,6 +196,13 @@ def positives_of(record: Record) -> tuple[list[str], list[int], np.ndarray]:
     positives = list(dict.fromkeys(n for n, k in zip(names, keep, strict=True) if k))
     labels = [positives.index(n) for n, k in zip(names, keep, strict=True) if k]
     return positives, labels, keep
+
+
+def overlaps_any(name: str, phrases: list[str]) -> bool:
+    """True when ``name`` holds one of ``phrases`` as whole words, or one of them holds ``name``:
+    such a name is not a safe negative for an image that the phrase describes."""
+    padded = f" {name} "
+    return any(f" {phrase} " in padded or padded in f" {phrase} " for phrase in phrases)
 
 
 def sample_negatives(pool: list[str], exclude: set[str], count: int, rng) -> list[str]:

@@ -61,6 +61,15 @@ class Record:
     def has_boxes(self) -> bool:
         return len(self.boxes) > 0
 
+    def caption_labels(self) -> list[str]:
+        """An image-text sample's image-level labels: the vocabulary names matched at shard time
+        (``phrases``), else the phrases the rule-based chunker finds in the caption."""
+        from ovdet.data.captions import extract_caption_phrases
+
+        if self.phrases:
+            return list(dict.fromkeys(p.text for p in self.phrases))
+        return extract_caption_phrases(self.caption)
+
     def to_json(self) -> dict[str, Any]:
         """The JSON stored in the tar (no local image path)."""
         out = asdict(self)

@@ -260,6 +260,18 @@ def test_negatives_are_fewer_when_the_pool_is_small_and_skip_crowd_names():
     assert sample["labels"].tolist() == [0] and len(sample["boxes"]) == 1
 
 
+def test_image_text_negatives_skip_pool_phrases_that_overlap_a_positive():
+    record = Record(key="i", source="s", kind="image_text", width=48, height=32,
+                    caption="a red heart on a textured background and a blue star.")  # fmt: skip
+    pool = ["red heart", "red heart on a textured background", "image showing a blue star", "green heart", "star"]
+    sample = sample_of(record, pool, num_negatives=60, template_probability=0.0)
+    assert sample["texts"] == ["red heart on a textured background", "blue star", "green heart"]
+    assert sample["image_labels"].tolist() == [0, 1] and not sample["has_boxes"]
+    matched = Record(**{**record.__dict__, "phrases": [Phrase("red heart", [(2, 11)], []), Phrase("blue star", [(47, 56)], [])]})
+    sample = sample_of(matched, pool, num_negatives=60, template_probability=0.0)
+    assert sample["texts"] == ["red heart", "blue star", "green heart"]
+
+
 def test_labels_index_each_box_name_in_the_texts():
     record = detection_record("a", 2)
     sample = sample_of(record, NAMES, template_probability=0.0)

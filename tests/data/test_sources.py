@@ -455,6 +455,44 @@ def test_bad_image_text_row_is_rejected(tmp_path, row, reason):
     assert len(items) == 2 and rejections == {"cc-2": reason}
 
 
+def test_image_text_vocabulary_labels_each_caption_with_the_names_it_mentions(tmp_path):
+    rows = [
+        {"image": "a.jpg", "caption": "an image showing a red circle and two blue stars on a textured background."},
+        {"image": "b.jpg", "caption": "a picture of a circle"},
+        {"image": "c.jpg", "caption": "a green heart and nothing else"},
+    ]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    (tmp_path / "names.txt").write_text("red circle\nblue star\ncircle\n")
+    config = source("cc", "jsonl", [path], kind="image_text")
+    config.vocabulary = "names.txt"
+    items, records, rejections = read_all(config, tmp_path)
+    assert [r.caption_labels() for r in records] == [["red circle", "blue star"], ["circle"]]
+    first = records[0]
+    assert [(p.text, [first.caption[a:b] for a, b in p.spans], p.box_indices) for p in first.phrases] == [
+        ("red circle", ["red circle"], []),
+        ("blue star", ["blue stars"], []),
+    ]
+    assert len(items) == 3 and rejections == {"cc-3": "caption names no vocabulary name"}
+
+
+def test_image_text_without_vocabulary_falls_back_to_caption_phrases(tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"image": "a.jpg", "caption": "a photo of a red circle and a dog"}])
+    (record,) = iter_source(source("cc", "jsonl", [path], kind="image_text"), tmp_path)
+    assert record.phrases == [] and record.caption_labels() == ["red circle", "dog"]
+
+
+def test_vocabulary_on_a_detection_source_or_a_missing_file_is_a_config_error(tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"image": "a.jpg", "caption": "a cat"}])
+    config = source("cc", "jsonl", [path], kind="image_text")
+    config.vocabulary = "missing.txt"
+    with pytest.raises(OvdetError, match="missing.txt: vocabulary file not found"):
+        list(iter_source(config, tmp_path))
+    coco = source("c", "coco", [write_coco(tmp_path / "c.json", [], [])])
+    coco.vocabulary = "names.txt"
+    with pytest.raises(OvdetError, match="source 'c': 'vocabulary' applies to image_text sources only"):
+        list(iter_source(coco, tmp_path))
+
+
 def test_malformed_image_text_jsonl_names_file_and_line(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"image": "a.jpg", "caption": "x"}\n{oops}\n')

@@ -184,6 +184,23 @@ def test_image_text_captions_name_every_object_including_novel(tmp_path):
     assert saw_novel
 
 
+def test_vocabulary_matching_gives_each_caption_exactly_its_objects_names(tmp_path):
+    """What `configs/data/synthetic.yaml` does: the image-text source's labels are the world's
+    vocabulary names matched in each caption, whatever template the caption uses."""
+    from ovdet.config import SourceConfig
+    from ovdet.data.sources import iter_source
+
+    config = small_config(num_image_text=40)
+    generate_world(config, tmp_path, progress=False)
+    source = SourceConfig(name="it", kind="image_text", format="jsonl", paths=["image_text_train.jsonl"],
+                          image_root="images", vocabulary="vocab.yaml")  # fmt: skip
+    records = list(iter_source(source, tmp_path))
+    assert len(records) == 40
+    for index, record in enumerate(records):
+        names = {obj.name for obj in sample_image(config, "image_text", index).objects}
+        assert set(record.caption_labels()) == names, record.caption
+
+
 def test_vocab_lists_splits_synonyms_and_prompts(world):
     vocab = yaml.safe_load((world / "vocab.yaml").read_text())
     assert [c["name"] for c in vocab["categories"] if c["split"] == "novel"] == NOVEL_NAMES

@@ -46,6 +46,7 @@ def iter_source(source: SourceConfig, root: Path) -> Iterator[Record | RecordErr
         raise OvdetError(f"source {source.name!r}: unknown format {source.format!r}")
     module_name, _, function_name = READERS[source.format].partition(":")
     reader = getattr(importlib.import_module(module_name), function_name)
+    names = caption_vocabulary(source, Path(root))
     seen_keys: set[str] = set()
     for item in reader(source, Path(root)):
         if isinstance(item, Record):
@@ -53,7 +54,32 @@ def iter_source(source: SourceConfig, root: Path) -> Iterator[Record | RecordErr
                 item = RecordError(item.key, "duplicate key")
             else:
                 seen_keys.add(item.key)
+                item = label_caption(item, names) if names else item
         yield item
+
+
+def caption_vocabulary(source: SourceConfig, root: Path) -> list[str]:
+    """The names of ``source.vocabulary`` (a path resolved against ``root``, or a preset); [] if unset."""
+    if not source.vocabulary:
+        return []
+    if source.kind != "image_text":
+        raise OvdetError(f"source {source.name!r}: 'vocabulary' applies to image_text sources only")
+    from ovdet.data.vocab import PRESETS, load_vocabulary
+
+    spec = source.vocabulary if source.vocabulary in PRESETS else str(resolve(source.vocabulary, root))
+    return [category.name for category in load_vocabulary(spec).categories]
+
+
+def label_caption(record: Record, names: list[str]) -> Record | RecordError:
+    """Store the vocabulary names the caption mentions as phrases (spans, no boxes); a caption that
+    names none is rejected: it would give the image-level loss nothing to learn from."""
+    from ovdet.data.captions import match_vocabulary_spans
+
+    matches = match_vocabulary_spans(record.caption, names)
+    if not matches:
+        return RecordError(record.key, "caption names no vocabulary name")
+    record.phrases = [Phrase(name, [(start, end)], []) for start, end, name in matches]
+    return record
 
 
 class BadRecord(Exception):
