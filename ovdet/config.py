@@ -112,6 +112,9 @@ class LossConfig:
     cost_bbox: float = 5.0
     cost_giou: float = 2.0
     image_loss: Literal["max_score", "max_size", "none"] = "max_score"
+    # what loss_image may train: "similarity" (the per-token logit shift and scale detached: they
+    # are calibrated by the box-supervised losses) or "all" (its gradient also moves them)
+    image_loss_grad: Literal["similarity", "all"] = "similarity"
     # loss_image is off for the first image_loss_start optimizer steps, then its weight rises
     # linearly over image_loss_ramp steps (Detic trains image labels on a box-supervised detector)
     image_loss_start: int = 0

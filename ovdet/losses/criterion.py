@@ -145,12 +145,20 @@ class SetCriterion(nn.Module):
         """Image-level BCE for image-text samples: caption texts are positives, the image's other
         real texts negatives.
 
+        With ``image_loss_grad="similarity"`` (default) it uses ``pred_logits_similarity_only``
+        when the model gives it: the loss then cannot lower every logit's scale (with the shift
+        starting at the focal prior, (cos + shift) < 0, so "raise the positive's max logit" is met
+        fastest by shrinking the scale, which erases the region-text contrast that the box losses
+        are building).
+
         ``max_score`` (multiple-instance learning): a text's image logit is its max over queries.
         ``max_size`` (Detic): the logits of the query with the largest predicted box. The sum over
         (image, text) pairs is divided by the number of positives (at least 1).
         Returns ``{"loss_image": scalar}``.
         """
         logits = outputs["pred_logits"]  # (bs, q, t)
+        if self.cfg.image_loss_grad == "similarity" and "pred_logits_similarity_only" in outputs:
+            logits = outputs["pred_logits_similarity_only"]
         rows = [b for b, positives in enumerate(image_targets) if positives is not None]
         num_positives = sum(len(image_targets[b]) for b in rows)
         denominator = global_count(num_positives)  # every rank joins the reduction, even with no rows

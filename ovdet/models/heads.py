@@ -67,9 +67,14 @@ class ClassHead(nn.Module):
         nn.init.constant_(self.logit_scale.bias, 0.0)
 
     def forward(self, tokens: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor):
+        """-> ``(logits, similarity_only_logits, class_embeds)``: ``similarity_only_logits`` has the
+        same values as ``logits`` but the shift and scale detached, so its gradient reaches only the
+        region-text similarity (for losses that must not move the calibration)."""
         class_embeds = F.normalize(self.project(tokens), dim=-1)  # (B, Q, D)
         similarity = torch.einsum("bqd,btd->bqt", class_embeds, F.normalize(text_embeds, dim=-1))
         scale = F.elu(self.logit_scale(tokens)) + 1.0  # (B, Q, 1), > 0
-        logits = (similarity + self.logit_shift(tokens)) * scale
-        logits = logits.masked_fill(~text_mask[:, None, :], -1e4)
-        return logits, class_embeds
+        shift = self.logit_shift(tokens)  # (B, Q, 1)
+        is_padding = ~text_mask[:, None, :]
+        logits = ((similarity + shift) * scale).masked_fill(is_padding, -1e4)
+        similarity_only = ((similarity + shift.detach()) * scale.detach()).masked_fill(is_padding, -1e4)
+        return logits, similarity_only, class_embeds

@@ -190,6 +190,22 @@ def test_loss_image_matches_hand_worked_values(variant, expected):
     assert losses["loss_labels"].item() == 0.0
 
 
+@pytest.mark.parametrize("grad, trained", [("similarity", "pred_logits_similarity_only"), ("all", "pred_logits")])
+def test_image_loss_trains_only_the_logits_its_setting_names(grad, trained):
+    logits = torch.tensor([[[logit(0.9), logit(0.1)], [logit(0.5), logit(0.2)]]])
+    outputs = {
+        "pred_logits": logits.clone().requires_grad_(True),
+        "pred_logits_similarity_only": logits.clone().requires_grad_(True),
+        "pred_boxes": torch.tensor([[[0.5, 0.5, 0.1, 0.1], [0.5, 0.5, 0.6, 0.6]]]),
+    }
+    losses = make_criterion(image_loss_grad=grad)(outputs, [{"has_boxes": False}], [torch.tensor([0])])
+    assert losses["loss_image"].item() == pytest.approx(0.3285, abs=1e-4)
+    losses["loss_image"].backward()
+    other = "pred_logits" if trained == "pred_logits_similarity_only" else "pred_logits_similarity_only"
+    assert outputs[trained].grad.abs().sum() > 0
+    assert outputs[other].grad is None or outputs[other].grad.abs().sum() == 0
+
+
 def test_image_loss_none_leaves_the_term_out():
     outputs, targets = random_batch()
     losses = make_criterion(image_loss="none")(outputs, targets, [torch.tensor([0]), None])

@@ -56,6 +56,23 @@ def test_padded_texts_get_no_score(tiny):
     assert (out.pred_logits[..., 2] <= -1e3).all()
 
 
+def test_similarity_only_logits_equal_the_logits_but_leave_shift_and_scale_untrained():
+    torch.manual_seed(0)
+    model = create_detector(TINY)
+    with torch.no_grad():  # a non-trivial scale, so its gradient would not vanish by accident
+        model.class_head.logit_scale.bias.fill_(0.5)
+    out = run(model)
+    torch.testing.assert_close(out.pred_logits_similarity_only, out.pred_logits)
+    head = model.class_head
+    for logits, calibration_trains in ((out.pred_logits_similarity_only, False), (out.pred_logits, True)):
+        model.zero_grad()
+        logits.sigmoid().sum().backward(retain_graph=True)
+        assert head.project.weight.grad.abs().sum() > 0
+        for layer in (head.logit_shift, head.logit_scale):
+            grad = layer.weight.grad
+            assert (grad is not None and grad.abs().sum() > 0) == calibration_trains, (layer, calibration_trains)
+
+
 def test_frozen_text_tower_caches_embeddings(tiny):
     tiny.text.cache.clear()
     calls = []
