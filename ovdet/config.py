@@ -111,10 +111,12 @@ class LossConfig:
     cost_class: float = 2.0  # matcher costs, MM-Grounding-DINO
     cost_bbox: float = 5.0
     cost_giou: float = 2.0
-    image_loss: Literal["max_score", "max_size", "none"] = "max_score"
-    # what loss_image may train: "similarity" (the per-token logit shift and scale detached: they
-    # are calibrated by the box-supervised losses) or "all" (its gradient also moves them)
-    image_loss_grad: Literal["similarity", "all"] = "similarity"
+    # loss_image on image-text samples (docs/losses.md): "max_score_softmax" (each caption name's
+    # highest-scoring region, softmax over the name and the image's negatives), "max_score"
+    # (BCE of each name's max over regions, MIL), "max_size" (BCE on the largest box, Detic), "none"
+    image_loss: Literal["max_score_softmax", "max_score", "max_size", "none"] = "max_score_softmax"
+    # what loss_image may train: "all", or "similarity" (the per-token logit shift and scale detached)
+    image_loss_grad: Literal["similarity", "all"] = "all"
     # loss_image is off for the first image_loss_start optimizer steps, then its weight rises
     # linearly over image_loss_ramp steps (Detic trains image labels on a box-supervised detector)
     image_loss_start: int = 0

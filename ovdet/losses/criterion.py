@@ -142,18 +142,21 @@ class SetCriterion(nn.Module):
         return {"loss_bbox": loss_bbox / num_boxes, "loss_giou": loss_giou / num_boxes}
 
     def loss_image(self, outputs: dict[str, Tensor], image_targets: list[Tensor | None]) -> dict[str, Tensor]:
-        """Image-level BCE for image-text samples: caption texts are positives, the image's other
-        real texts negatives.
+        """Image-level loss for image-text samples: the caption's texts are positives, the image's
+        other real texts negatives. The sum is divided by the number of positives (at least 1).
 
-        With ``image_loss_grad="similarity"`` (default) it uses ``pred_logits_similarity_only``
-        when the model gives it: the loss then cannot lower every logit's scale (with the shift
-        starting at the focal prior, (cos + shift) < 0, so "raise the positive's max logit" is met
-        fastest by shrinking the scale, which erases the region-text contrast that the box losses
-        are building).
+        - ``max_score_softmax`` (default): for each positive text, the query that scores it highest
+          (multiple-instance learning), and a softmax over that query's logits for the positive
+          and the negatives (the other positives left out: they may be right for that region too).
+          Like ``loss_contrastive``, it moves only the relative scores of the texts.
+        - ``max_score``: BCE of each text's max over queries. At the focal prior every image logit
+          is about -4.6, so its positive terms (gradient about 1 each) pull every region toward
+          the direction all names share; on the synthetic world that stalled region-text alignment
+          at any weight down to 0.1 (``docs/results.md``).
+        - ``max_size`` (Detic): BCE on the logits of the query with the largest predicted box.
 
-        ``max_score`` (multiple-instance learning): a text's image logit is its max over queries.
-        ``max_size`` (Detic): the logits of the query with the largest predicted box. The sum over
-        (image, text) pairs is divided by the number of positives (at least 1).
+        ``image_loss_grad="similarity"`` takes ``pred_logits_similarity_only`` when the model gives
+        it, so the loss cannot move the per-token shift and scale.
         Returns ``{"loss_image": scalar}``.
         """
         logits = outputs["pred_logits"]  # (bs, q, t)
@@ -165,16 +168,39 @@ class SetCriterion(nn.Module):
         if not rows:
             return {"loss_image": zero_loss(logits)}
         rows_t = torch.tensor(rows, device=logits.device)  # (n,)
+        is_real = text_mask_of(outputs)[rows_t]  # (n, t)
+        target = torch.zeros(len(rows), logits.shape[2], device=logits.device)  # (n, t)
+        for row, b in enumerate(rows):
+            target[row, image_targets[b].to(logits.device).long()] = 1.0
+        if self.cfg.image_loss == "max_score_softmax":
+            loss = max_score_softmax_loss(logits[rows_t], target.bool(), is_real)
+            return {"loss_image": loss / denominator}
         if self.cfg.image_loss == "max_score":
             image_logits = max_score_logits(logits[rows_t])  # (n, t)
         else:
             image_logits = largest_box_logits(logits[rows_t], outputs["pred_boxes"][rows_t])  # (n, t)
-        target = torch.zeros_like(image_logits)
-        for row, b in enumerate(rows):
-            target[row, image_targets[b].to(logits.device).long()] = 1.0
-        is_real = text_mask_of(outputs)[rows_t]  # (n, t)
         loss = F.binary_cross_entropy_with_logits(image_logits[is_real], target[is_real], reduction="sum")
         return {"loss_image": loss / denominator}
+
+
+def max_score_softmax_loss(logits: Tensor, is_positive: Tensor, is_real: Tensor) -> Tensor:
+    """Sum over positive (image, text) pairs of the cross-entropy, at the query scoring the text
+    highest, of that text against the image's negatives.
+
+    Args:
+        logits: [N, Q, T] region-text logits of N image-text samples.
+        is_positive: [N, T] bool, the caption's texts.
+        is_real: [N, T] bool, real (not padded) texts.
+    """
+    rows, texts = is_positive.nonzero(as_tuple=True)  # (k,), (k,)
+    if len(rows) == 0:
+        return zero_loss(logits)
+    best_query = logits[rows, :, texts].detach().argmax(dim=1)  # (k,)
+    selected = logits[rows, best_query]  # (k, t)
+    allowed = is_real[rows] & ~is_positive[rows]  # (k, t): the negatives...
+    allowed[torch.arange(len(rows), device=logits.device), texts] = True  # ...and the text itself
+    selected = selected.masked_fill(~allowed, torch.finfo(selected.dtype).min)
+    return F.cross_entropy(selected, texts, reduction="sum")
 
 
 def weighted_sum(losses: dict[str, Tensor], weights: dict[str, float]) -> Tensor:

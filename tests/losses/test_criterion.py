@@ -198,12 +198,37 @@ def test_image_loss_trains_only_the_logits_its_setting_names(grad, trained):
         "pred_logits_similarity_only": logits.clone().requires_grad_(True),
         "pred_boxes": torch.tensor([[[0.5, 0.5, 0.1, 0.1], [0.5, 0.5, 0.6, 0.6]]]),
     }
-    losses = make_criterion(image_loss_grad=grad)(outputs, [{"has_boxes": False}], [torch.tensor([0])])
+    losses = make_criterion(image_loss="max_score", image_loss_grad=grad)(outputs, [{"has_boxes": False}], [torch.tensor([0])])
     assert losses["loss_image"].item() == pytest.approx(0.3285, abs=1e-4)
     losses["loss_image"].backward()
     other = "pred_logits" if trained == "pred_logits_similarity_only" else "pred_logits_similarity_only"
     assert outputs[trained].grad.abs().sum() > 0
     assert outputs[other].grad is None or outputs[other].grad.abs().sum() == 0
+
+
+# Two queries, three texts. Logits q0 (2, 0, 1), q1 (1, 3, 0).
+# Positive {0}: text 0 peaks at q0; softmax over (2, 0, 1): log(1 + e^-2 + e^-1) = 0.4076.
+# Positives {0, 1}: text 0 at q0 over (2, 1) -> log(1 + e^-1) = 0.3133; text 1 at q1 over (3, 0)
+# -> log(1 + e^-3) = 0.0486; (0.3133 + 0.0486) / 2 positives = 0.1810.
+@pytest.mark.parametrize("positives, expected", [([0], 0.4076), ([0, 1], 0.1810)])
+def test_max_score_softmax_matches_hand_worked_values(positives, expected):
+    outputs = {
+        "pred_logits": torch.tensor([[[2.0, 0.0, 1.0], [1.0, 3.0, 0.0]]], requires_grad=True),
+        "pred_boxes": torch.rand(1, 2, 4),
+    }
+    criterion = make_criterion(image_loss="max_score_softmax")
+    losses = criterion(outputs, [{"has_boxes": False}], [torch.tensor(positives)])
+    assert losses["loss_image"].item() == pytest.approx(expected, abs=1e-4)
+    losses["loss_image"].backward()
+    grad = outputs["pred_logits"].grad[0]
+    assert grad.sum(dim=1).abs().max() < 1e-6  # a softmax: adding a constant to a region's logits changes nothing
+
+
+def test_max_score_softmax_ignores_padded_texts():
+    logits = torch.tensor([[[2.0, 0.0, 1.0, 9.0], [1.0, 3.0, 0.0, 9.0]]])
+    outputs = {"pred_logits": logits, "pred_boxes": torch.rand(1, 2, 4), "text_mask": torch.tensor([[1, 1, 1, 0]]).bool()}
+    losses = make_criterion(image_loss="max_score_softmax")(outputs, [{"has_boxes": False}], [torch.tensor([0])])
+    assert losses["loss_image"].item() == pytest.approx(0.4076, abs=1e-4)
 
 
 def test_image_loss_none_leaves_the_term_out():
