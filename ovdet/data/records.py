@@ -37,7 +37,8 @@ class Record:
         category_names: [N] category name (or phrase text for grounding boxes).
         is_crowd: [N] COCO crowd flag.
         caption: image-level caption (image-text and grounding samples), "" if none.
-        phrases: grounding phrases with character spans into ``caption``.
+        phrases: grounding phrases with character spans into ``caption``; for an image-text source
+            with a ``vocabulary``, the names its caption mentions (no boxes).
         negatives: names known to be absent (e.g. LVIS ``neg_category_ids``), optional.
         meta: free-form source-specific extras (original id, LVIS frequency, ...).
     """
