@@ -42,8 +42,6 @@ VARIANTS = {
     "C-share0.5": ("C", "image-text source weight 0.5 instead of 1", ["loader.source_weights={synth-image-text: 0.5}"]),
     "C-share0.5-w2": ("C", "image-text source weight 0.5 and loss_image weight 2",
                       ["loader.source_weights={synth-image-text: 0.5}", "loss.weights.loss_image=2.0"]),
-    "C-share0.25-w2": ("C", "image-text source weight 0.25 and loss_image weight 2",
-                       ["loader.source_weights={synth-image-text: 0.25}", "loss.weights.loss_image=2.0"]),
     "C-negatives20": ("C", "20 negative names per image instead of 60", ["loader.num_negatives=20"]),
     "C-one-template": ("C", "training prompts always 'a photo of a {}.' (the eval template)",
                        ["loader.prompt_templates=['a photo of a {}.']", "loader.template_probability=1.0"]),
