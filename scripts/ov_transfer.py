@@ -220,6 +220,8 @@ def results_markdown(table: dict, args, plot_name: str) -> str:
         command += " --variant-seeds " + " ".join(map(str, args.variant_seeds))
     if args.long_steps:
         command += f" --long-steps {args.long_steps} --long-seeds " + " ".join(map(str, args.long_seeds))
+        if args.long_arms != list(ARMS):
+            command += " --long-arms " + " ".join(args.long_arms)
     lines = [
         "# Open-vocabulary transfer on the synthetic world", "",
         f"Reproduce the whole table (about 3.5 minutes per run on a 2-core CPU): `{command}`",
@@ -270,7 +272,7 @@ def long_markdown(table: dict, args) -> list[str]:
         f"The three arms trained for {args.long_steps} steps (the `make demo` length), seed(s) {seeds}:", "",
         "| arm | AP50 base | AP50 novel | AP50 all | AP50 HM | AP base | AP novel | AP HM |", "|---|---|---|---|---|---|---|---|",
     ]
-    for arm in ARMS:
+    for arm in args.long_arms:
         row = table[f"{arm}-long"]
         cells = [mean_spread(row["AP50"][p]) for p in PARTS] + [mean_spread(row["AP"][p]) for p in ("base", "novel", "hm")]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
@@ -312,6 +314,7 @@ def main() -> None:
     parser.add_argument("--variant-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--long-steps", type=int, default=0, help="also train the three arms this long (0: no)")
     parser.add_argument("--long-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--long-arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     args = parser.parse_args()
     args.out = args.out.resolve()
     world, shards = prepare_data(args.out)
@@ -332,7 +335,7 @@ def main() -> None:
         table[f"{arm}-variant-seeds"] = metric_lists(reference, "eval")
     table.update({name: metric_lists(outs, "eval") for name, outs in variant_runs.items()})
     if args.long_steps:
-        for arm in ARMS:
+        for arm in args.long_arms:
             outs = [train_and_eval(arm, seed, args, world, shards, steps=args.long_steps) for seed in args.long_seeds]
             table[f"{arm}-long"] = metric_lists(outs, "eval")
     args.docs.mkdir(parents=True, exist_ok=True)
