@@ -45,6 +45,11 @@ VARIANTS = {
     "C-negatives20": ("C", "20 negative names per image instead of 60", ["loader.num_negatives=20"]),
     "C-one-template": ("C", "training prompts always 'a photo of a {}.' (the eval template)",
                        ["loader.prompt_templates=['a photo of a {}.']", "loader.template_probability=1.0"]),
+    "C-best": ("C", "the three best single changes together: one template, image-text weight 0.5, loss_image weight 2",
+               ["loader.prompt_templates=['a photo of a {}.']", "loader.template_probability=1.0",
+                "loader.source_weights={synth-image-text: 0.5}", "loss.weights.loss_image=2.0"]),
+    "A-one-template": ("A", "arm A with training prompts always 'a photo of a {}.'",
+                       ["loader.prompt_templates=['a photo of a {}.']", "loader.template_probability=1.0"]),
     "C-text-tuned": ("C", "text tower tuned (lr x0.1) instead of frozen", ["model.freeze_text=false"]),
 }
 PARTS = ("base", "novel", "all", "hm")

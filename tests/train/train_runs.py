@@ -29,6 +29,7 @@ def tiny_overrides(shards: Path, **extra) -> list[str]:
         "loader.batch_size": 4,
         "loader.num_negatives": 8,
         "loader.shard_dirs": f"[{shards}]",
+        "loader.sources": "[]",  # all three sources (the demo config trains on two)
         "train.threads": 1,
         "train.steps": 8,
         "train.warmup_steps": 2,
