@@ -274,12 +274,14 @@ def long_markdown(table: dict, args) -> list[str]:
     seeds = ", ".join(map(str, args.long_seeds))
     lines = [
         f"## At the demo's budget ({args.long_steps} steps)", "",
-        f"The three arms trained for {args.long_steps} steps (the `make demo` length), seed(s) {seeds}:", "",
+        f"Arms {', '.join(args.long_arms)} trained for {args.long_steps} steps (the `make demo` length), seed(s) {seeds} "
+        "(one seed: no spread):", "",
         "| arm | AP50 base | AP50 novel | AP50 all | AP50 HM | AP base | AP novel | AP HM |", "|---|---|---|---|---|---|---|---|",
     ]
+    show = mean_spread if len(args.long_seeds) > 1 else (lambda values: f"{values[0]:.3f}")
     for arm in args.long_arms:
         row = table[f"{arm}-long"]
-        cells = [mean_spread(row["AP50"][p]) for p in PARTS] + [mean_spread(row["AP"][p]) for p in ("base", "novel", "hm")]
+        cells = [show(row["AP50"][p]) for p in PARTS] + [show(row["AP"][p]) for p in ("base", "novel", "hm")]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return lines + [""]
 
