@@ -155,13 +155,13 @@ class SetCriterion(nn.Module):
           at any weight down to 0.1 (``docs/results.md``).
         - ``max_size`` (Detic): BCE on the logits of the query with the largest predicted box.
 
-        ``image_loss_grad="similarity"`` takes ``pred_logits_similarity_only`` when the model gives
-        it, so the loss cannot move the per-token shift and scale.
+        ``image_loss_grad="similarity"`` rebuilds the logits from the model's ``logit_parts`` with
+        the shift and scale detached (``similarity_only_logits``), so the loss cannot move them.
         Returns ``{"loss_image": scalar}``.
         """
         logits = outputs["pred_logits"]  # (bs, q, t)
-        if self.cfg.image_loss_grad == "similarity" and "pred_logits_similarity_only" in outputs:
-            logits = outputs["pred_logits_similarity_only"]
+        if self.cfg.image_loss_grad == "similarity" and "region_similarity" in outputs:
+            logits = similarity_only_logits(outputs)
         rows = [b for b, positives in enumerate(image_targets) if positives is not None]
         num_positives = sum(len(image_targets[b]) for b in rows)
         denominator = global_count(num_positives)  # every rank joins the reduction, even with no rows
@@ -181,6 +181,14 @@ class SetCriterion(nn.Module):
             image_logits = largest_box_logits(logits[rows_t], outputs["pred_boxes"][rows_t])  # (n, t)
         loss = F.binary_cross_entropy_with_logits(image_logits[is_real], target[is_real], reduction="sum")
         return {"loss_image": loss / denominator}
+
+
+def similarity_only_logits(outputs: dict[str, Tensor]) -> Tensor:
+    """[B, Q, T] ``pred_logits`` rebuilt from ``region_similarity``, ``logit_shift`` and
+    ``logit_scale`` with the last two detached: the same values (padded texts keep the model's
+    padding logit), gradients only to the similarity."""
+    logits = (outputs["region_similarity"] + outputs["logit_shift"].detach()) * outputs["logit_scale"].detach()
+    return torch.where(text_mask_of(outputs)[:, None, :], logits, outputs["pred_logits"].detach())
 
 
 def max_score_softmax_loss(logits: Tensor, is_positive: Tensor, is_real: Tensor) -> Tensor:

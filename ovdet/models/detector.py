@@ -22,22 +22,20 @@ class DetectorOutput:
         pred_boxes: [B, Q, 4] boxes, normalized cxcywh relative to the (padded) input image.
         objectness_logits: [B, Q] OWLv2-style objectness, or None when the head is off.
         class_embeds: [B, Q, D] unit-norm region embeddings in the text space.
-        pred_logits_similarity_only: ``pred_logits`` with the per-token shift and scale detached
-            (same values; gradients reach only the region-text similarity).
+        logit_parts: the class head's factors of ``pred_logits`` (``region_similarity``,
+            ``logit_shift``, ``logit_scale``), passed to the criterion.
     """
 
     pred_logits: torch.Tensor
     pred_boxes: torch.Tensor
     objectness_logits: torch.Tensor | None
     class_embeds: torch.Tensor
-    pred_logits_similarity_only: torch.Tensor | None = None
+    logit_parts: dict[str, torch.Tensor] | None = None
 
     def as_matcher_input(self, text_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """The criterion's (and matcher's) input dict."""
         out = {"pred_logits": self.pred_logits, "pred_boxes": self.pred_boxes, "text_mask": text_mask}
-        if self.pred_logits_similarity_only is not None:
-            out["pred_logits_similarity_only"] = self.pred_logits_similarity_only
-        return out
+        return {**out, **(self.logit_parts or {})}
 
 
 class ImageBackbone(nn.Module):
@@ -145,9 +143,9 @@ class OpenVocabDetector(nn.Module):
 
     def forward(self, images: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor) -> DetectorOutput:
         tokens, grid = self.region_tokens(images)
-        logits, similarity_only, class_embeds = self.class_head(tokens, text_embeds, text_mask)
+        logits, class_embeds, logit_parts = self.class_head(tokens, text_embeds, text_mask)
         objectness = self.objectness_head(tokens).squeeze(-1) if self.objectness_head is not None else None
-        return DetectorOutput(logits, self.box_head(tokens, grid), objectness, class_embeds, similarity_only)
+        return DetectorOutput(logits, self.box_head(tokens, grid), objectness, class_embeds, logit_parts)
 
 
 def input_size_of(visual: nn.Module) -> int:

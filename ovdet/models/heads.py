@@ -50,6 +50,9 @@ class BoxHead(nn.Module):
         return torch.sigmoid(self.mlp(tokens) + bias)
 
 
+PADDED_LOGIT = -1e4  # the region-text logit of a padded text: no score, finite gradients
+
+
 class ClassHead(nn.Module):
     """Tokens ``[B, Q, W]`` + texts ``[B, T, D]`` -> region-text logits ``[B, Q, T]``.
 
@@ -67,14 +70,12 @@ class ClassHead(nn.Module):
         nn.init.constant_(self.logit_scale.bias, 0.0)
 
     def forward(self, tokens: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor):
-        """-> ``(logits, similarity_only_logits, class_embeds)``: ``similarity_only_logits`` has the
-        same values as ``logits`` but the shift and scale detached, so its gradient reaches only the
-        region-text similarity (for losses that must not move the calibration)."""
+        """-> ``(logits, class_embeds, parts)``. ``parts`` holds the factors of ``logits`` (before
+        padding): ``region_similarity`` [B, Q, T], ``logit_shift`` and ``logit_scale`` [B, Q, 1], for
+        losses that rebuild the logits with the calibration detached; references, no extra compute."""
         class_embeds = F.normalize(self.project(tokens), dim=-1)  # (B, Q, D)
         similarity = torch.einsum("bqd,btd->bqt", class_embeds, F.normalize(text_embeds, dim=-1))
         scale = F.elu(self.logit_scale(tokens)) + 1.0  # (B, Q, 1), > 0
         shift = self.logit_shift(tokens)  # (B, Q, 1)
-        is_padding = ~text_mask[:, None, :]
-        logits = ((similarity + shift) * scale).masked_fill(is_padding, -1e4)
-        similarity_only = ((similarity + shift.detach()) * scale.detach()).masked_fill(is_padding, -1e4)
-        return logits, similarity_only, class_embeds
+        logits = ((similarity + shift) * scale).masked_fill(~text_mask[:, None, :], PADDED_LOGIT)
+        return logits, class_embeds, {"region_similarity": similarity, "logit_shift": shift, "logit_scale": scale}

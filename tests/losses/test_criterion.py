@@ -190,20 +190,22 @@ def test_loss_image_matches_hand_worked_values(variant, expected):
     assert losses["loss_labels"].item() == 0.0
 
 
-@pytest.mark.parametrize("grad, trained", [("similarity", "pred_logits_similarity_only"), ("all", "pred_logits")])
+@pytest.mark.parametrize("grad, trained", [("similarity", "region_similarity"), ("all", "pred_logits")])
 def test_image_loss_trains_only_the_logits_its_setting_names(grad, trained):
     logits = torch.tensor([[[logit(0.9), logit(0.1)], [logit(0.5), logit(0.2)]]])
-    outputs = {
+    outputs = {  # logits = (region_similarity + shift) * scale with shift 0, scale 1
         "pred_logits": logits.clone().requires_grad_(True),
-        "pred_logits_similarity_only": logits.clone().requires_grad_(True),
+        "region_similarity": logits.clone().requires_grad_(True),
+        "logit_shift": torch.zeros(1, 2, 1, requires_grad=True),
+        "logit_scale": torch.ones(1, 2, 1, requires_grad=True),
         "pred_boxes": torch.tensor([[[0.5, 0.5, 0.1, 0.1], [0.5, 0.5, 0.6, 0.6]]]),
     }
     losses = make_criterion(image_loss="max_score", image_loss_grad=grad)(outputs, [{"has_boxes": False}], [torch.tensor([0])])
     assert losses["loss_image"].item() == pytest.approx(0.3285, abs=1e-4)
     losses["loss_image"].backward()
-    other = "pred_logits" if trained == "pred_logits_similarity_only" else "pred_logits_similarity_only"
     assert outputs[trained].grad.abs().sum() > 0
-    assert outputs[other].grad is None or outputs[other].grad.abs().sum() == 0
+    for other in {"pred_logits", "region_similarity", "logit_shift", "logit_scale"} - {trained}:
+        assert outputs[other].grad is None or outputs[other].grad.abs().sum() == 0, other
 
 
 # Two queries, three texts. Logits q0 (2, 0, 1), q1 (1, 3, 0).

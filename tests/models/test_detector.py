@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ovdet.config import ModelConfig
+from ovdet.losses.criterion import similarity_only_logits
 from ovdet.models import create_detector, resolve_model_spec
 from ovdet.models.factory import resolve_package_path
 from ovdet.models.heads import grid_box_bias
@@ -62,9 +63,10 @@ def test_similarity_only_logits_equal_the_logits_but_leave_shift_and_scale_untra
     with torch.no_grad():  # a non-trivial scale, so its gradient would not vanish by accident
         model.class_head.logit_scale.bias.fill_(0.5)
     out = run(model)
-    torch.testing.assert_close(out.pred_logits_similarity_only, out.pred_logits)
+    similarity_only = similarity_only_logits(out.as_matcher_input(torch.ones(2, 5, dtype=torch.bool)))
+    torch.testing.assert_close(similarity_only, out.pred_logits)
     head = model.class_head
-    for logits, calibration_trains in ((out.pred_logits_similarity_only, False), (out.pred_logits, True)):
+    for logits, calibration_trains in ((similarity_only, False), (out.pred_logits, True)):
         model.zero_grad()
         logits.sigmoid().sum().backward(retain_graph=True)
         assert head.project.weight.grad.abs().sum() > 0
