@@ -163,10 +163,9 @@ def build_sample(jpeg: bytes, record: Record, pool: list[str], cfg: LoaderConfig
     boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)[keep]
     flip_width = record.width * scale if flip else None
     boxes = transform_boxes(boxes, scale, flip_width, cfg.image_size).astype(np.float32)
-    excluded = set(positives) | set(record.category_names)
-    if record.kind == "image_text":  # chunked caption phrases: "red heart" vs "red heart on a mat"
-        excluded |= {name for name in pool if overlaps_any(name, positives)}
-    negatives = sample_negatives(pool, excluded, cfg.num_negatives, rng)
+    # chunked caption phrases overlap: "red heart" is no negative for "red heart on a mat"
+    overlapping = positives if record.kind == "image_text" else []
+    negatives = sample_negatives(pool, set(positives) | set(record.category_names), cfg.num_negatives, rng, overlapping)
     texts = apply_templates(positives + negatives, record.kind, cfg, rng)
     is_image_text = record.kind == "image_text"
     return {
@@ -205,8 +204,9 @@ def overlaps_any(name: str, phrases: list[str]) -> bool:
     return any(f" {phrase} " in padded or padded in f" {phrase} " for phrase in phrases)
 
 
-def sample_negatives(pool: list[str], exclude: set[str], count: int, rng) -> list[str]:
-    candidates = [n for n in pool if n not in exclude]
+def sample_negatives(pool: list[str], exclude: set[str], count: int, rng, overlapping: list[str] = ()) -> list[str]:
+    """``count`` names of ``pool`` (all when fewer), none in ``exclude`` nor overlapping a phrase of ``overlapping``."""
+    candidates = [n for n in pool if n not in exclude and not (overlapping and overlaps_any(n, overlapping))]
     if len(candidates) <= count:
         return candidates
     return [candidates[i] for i in sorted(rng.choice(len(candidates), size=count, replace=False))]
