@@ -87,8 +87,9 @@ def synonym_vocabulary(world: Path, out: Path) -> Path:
     return path
 
 
-# Settings that cannot change a run without image-text samples: its reuse ignores them.
-IMAGE_LOSS_KEYS = ("loss.image_loss", "loss.image_loss_start", "loss.image_loss_ramp", "loss.weights.loss_image")
+# Settings that cannot change a run without image-text samples (loss.image_loss*, the loss_image
+# weight): its reuse ignores them.
+IMAGE_LOSS_KEYS = ("loss.image_loss", "loss.weights.loss_image")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -114,7 +115,7 @@ def changed_settings(out: Path, arm: str, train_overrides: list[str]) -> list[st
     # on is the shards, which train_and_eval checks by checksum
     keys = [k for k in keys if not k.startswith(("synth.", "data."))]
     if "synth-image-text" not in ARMS[arm][1]:
-        keys = [k for k in keys if k not in IMAGE_LOSS_KEYS]
+        keys = [k for k in keys if not k.startswith(IMAGE_LOSS_KEYS)]
     # a mixing weight of a source the arm does not train on cannot change it
     return [k for k in keys if not (k.startswith("loader.source_weights.") and k.split(".", 2)[2] not in ARMS[arm][1])]
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ovdet.data.captions import extract_caption_phrases
+
 KINDS = ("detection", "grounding", "image_text")
 
 
@@ -65,8 +67,6 @@ class Record:
     def caption_labels(self) -> list[str]:
         """An image-text sample's image-level labels: the vocabulary names matched at shard time
         (``phrases``), else the phrases the rule-based chunker finds in the caption."""
-        from ovdet.data.captions import extract_caption_phrases
-
         if self.phrases:
             return list(dict.fromkeys(p.text for p in self.phrases))
         return extract_caption_phrases(self.caption)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ovdet.config import SourceConfig
+from ovdet.data.captions import match_vocabulary_spans
 from ovdet.data.records import Phrase, Record
 from ovdet.errors import OvdetError, RecordError
 
@@ -73,8 +74,6 @@ def caption_vocabulary(source: SourceConfig, root: Path) -> list[str]:
 def label_caption(record: Record, names: list[str]) -> Record | RecordError:
     """Store the vocabulary names the caption mentions as phrases (spans, no boxes); a caption that
     names none is rejected: it would give the image-level loss nothing to learn from."""
-    from ovdet.data.captions import match_vocabulary_spans
-
     matches = match_vocabulary_spans(record.caption, names)
     if not matches:
         return RecordError(record.key, "caption names no vocabulary name")
