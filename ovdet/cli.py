@@ -127,17 +127,19 @@ def config_as_dict(cfg: Config) -> dict:
 def cmd_eval(args) -> int:
     if args.detections:
         from ovdet.eval.metrics import evaluate_files
+        from ovdet.eval.protocols import FIXED_DETS_PER_CATEGORY
 
         if not (args.gt and args.vocab and args.out):
             raise OvdetError("eval from detections needs --gt, --detections, --vocab and --out")
         novel = [n.strip() for n in args.novel.split(",")] if args.novel else None
         evaluate_files(args.gt, args.detections, args.vocab, args.out, novel=novel, image_root=args.image_root,
-                       report=not args.no_report, engine=args.engine)
+                       report=not args.no_report, engine=args.engine, protocol=args.protocol or "auto",
+                       dets_per_category=args.dets_per_category or FIXED_DETS_PER_CATEGORY)  # fmt: skip
         return 0
     from ovdet.eval.evaluator import evaluate_model
 
     cfg = resolve_config(args)
-    for key in ("gt", "vocab", "image_root"):
+    for key in ("gt", "vocab", "image_root", "protocol", "dets_per_category"):
         if getattr(args, key):
             setattr(cfg.eval, key, getattr(args, key))
     if maybe_print_config(args, cfg):
@@ -220,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="faster", choices=["faster", "pycocotools"],
                    help="COCOeval engine for precomputed detections (identical numbers; faster is faster)")
     p.add_argument("--no-report", action="store_true", help="precomputed detections: write metrics.json only")
+    p.add_argument("--protocol", default=None, choices=["auto", "coco", "lvis", "lvis-fixed"], help=(
+        "coco: pycocotools COCOeval; lvis: lvis-api's federated LVISEval (300 detections per image); lvis-fixed: "
+        "Fixed AP (top K per category, no per-image cap). Default auto: lvis when the GT images carry "
+        "neg_category_ids, else coco (eval.protocol)"))
+    p.add_argument("--dets-per-category", type=int, default=None,
+                   help="lvis-fixed: detections kept per category over the dataset (default 10000)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("detect", help="zero-shot detection with a custom vocabulary", description=(

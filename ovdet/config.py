@@ -165,8 +165,12 @@ class EvalConfig:
     shards: str = ""  # or a shard folder (`ovdet shard` of the eval set) instead of gt + image_root
     vocab: str = ""
     prompt_templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    # "auto": lvis when the GT images carry neg_category_ids (LVIS format), else coco; or coco,
+    # lvis (lvis-api's federated LVISEval) or lvis-fixed (Fixed AP, Dave et al. 2021); docs/evaluation.md
+    protocol: Literal["auto", "coco", "lvis", "lvis-fixed"] = "auto"
+    dets_per_category: int = 10_000  # lvis-fixed: top K per category over the dataset (Dave et al. 2021)
     score_threshold: float = 0.0
-    max_detections: int = 100
+    max_detections: int = 0  # per image from the model; 0 = the protocol's (coco 100, lvis 300, lvis-fixed 1000)
     nms_iou: float = 0.0  # 0 disables class-wise NMS
     batch_size: int = 16
     every: int = 0  # evaluate on this set every N training steps (0: only after training)

@@ -70,6 +70,7 @@ class Vocabulary:
 
     categories: list[Category]
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    _name_index: dict[str, Category] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def names(self) -> list[str]:
@@ -92,12 +93,20 @@ class Vocabulary:
         return any(c.frequency for c in self.categories)
 
     def by_name(self, name: str) -> Category:
-        """The category called ``name`` (or with it as a synonym), case and ``_``/space insensitive."""
-        key = normalize_name(name)
-        for category in self.categories:
-            if key in {normalize_name(n) for n in [category.name, *category.synonyms]}:
-                return category
-        raise OvdetError(f"vocabulary: no category named {name!r}")
+        """The category called ``name`` (or with it as a synonym), case and ``_``/space insensitive;
+        a name wins over another category's synonym, then the first category in order."""
+        if self._name_index is None:
+            index: dict[str, Category] = {}
+            for category in self.categories:
+                index.setdefault(normalize_name(category.name), category)
+            for category in self.categories:
+                for synonym in category.synonyms:
+                    index.setdefault(normalize_name(synonym), category)
+            self._name_index = index
+        category = self._name_index.get(normalize_name(name))
+        if category is None:
+            raise OvdetError(f"vocabulary: no category named {name!r}")
+        return category
 
     def to_yaml(self, path: str | Path) -> None:
         """Write the vocabulary in the YAML format that ``load_vocabulary`` reads."""

@@ -15,14 +15,19 @@ from typing import Any
 from ovdet.config import EvalConfig
 from ovdet.data.vocab import load_vocabulary
 from ovdet.errors import OvdetError
-from ovdet.eval.metrics import evaluate, read_json
+from ovdet.eval.inputs import read_json
+from ovdet.eval.metrics import evaluate
+from ovdet.eval.protocols import MODEL_DETECTIONS_PER_IMAGE, resolve_protocol
 
 
 def predict_coco(detector, gt: dict, images, vocab, cfg: EvalConfig, progress: bool) -> list[dict]:
-    """Run ``detector`` on every GT image (``images``: paths or PIL images in GT order); COCO results."""
+    """Run ``detector`` on every GT image (``images``: paths or PIL images in GT order); COCO results,
+    at most ``cfg.max_detections`` per image (0: as many as the evaluation protocol keeps)."""
+    protocol = resolve_protocol(cfg.protocol, gt, cfg.dets_per_category)
     results = detector.detect(
         images, vocab.names, templates=cfg.prompt_templates or vocab.prompts, score_threshold=cfg.score_threshold,
-        top_k=cfg.max_detections, nms_iou=cfg.nms_iou, batch_size=cfg.batch_size, progress=progress,
+        top_k=cfg.max_detections or MODEL_DETECTIONS_PER_IMAGE[protocol.name], nms_iou=cfg.nms_iou,
+        batch_size=cfg.batch_size, progress=progress,
     )
     detections = []
     for image, found in zip(gt["images"], results, strict=True):
@@ -86,7 +91,11 @@ def eval_set_from_shards(shard_dir: Path, vocab) -> tuple[dict, ShardImages]:
 
 def add_record_to_gt(gt: dict, record, vocab) -> None:
     image_id = len(gt["images"]) + 1
-    gt["images"].append({"id": image_id, "file_name": record.key, "width": record.width, "height": record.height})
+    image = {"id": image_id, "file_name": record.key, "width": record.width, "height": record.height}
+    if "not_exhaustive_categories" in record.meta:  # an LVIS record: keep its federated labels
+        image["neg_category_ids"] = vocabulary_ids(record.negatives, vocab)
+        image["not_exhaustive_category_ids"] = vocabulary_ids(record.meta["not_exhaustive_categories"], vocab)
+    gt["images"].append(image)
     crowd = record.is_crowd or [0] * len(record.boxes)
     areas = record.meta.get("areas") or [(x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in record.boxes]
     for (x1, y1, x2, y2), name, is_crowd, area in zip(record.boxes, record.category_names, crowd, areas, strict=True):
@@ -98,6 +107,17 @@ def add_record_to_gt(gt: dict, record, vocab) -> None:
             "id": len(gt["annotations"]) + 1, "image_id": image_id, "category_id": category_id,
             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": area, "iscrowd": int(is_crowd),
         })
+
+
+def vocabulary_ids(names: list[str], vocab) -> list[int]:
+    """Vocabulary ids of ``names``; names outside the vocabulary are not evaluated, so they are left out."""
+    ids = []
+    for name in names:
+        try:
+            ids.append(vocab.by_name(name).id)
+        except OvdetError:
+            continue
+    return ids
 
 
 def default_image_root(gt_path: Path, gt: dict) -> Path:
@@ -129,7 +149,7 @@ def evaluate_model(model_path: str | Path, cfg: EvalConfig, out_dir: Path, progr
     detections = predict_coco(detector, gt, images, vocab, cfg, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "detections.json").write_text(json.dumps(detections))
-    metrics = evaluate(gt, detections, vocab)
+    metrics = evaluate(gt, detections, vocab, protocol=cfg.protocol, dets_per_category=cfg.dets_per_category)
     metrics["model"] = str(model_path)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(format_table(metrics))
@@ -157,8 +177,10 @@ def make_validator(cfg: EvalConfig):
             detections = predict_coco(detector, cache["gt"], cache["images"], cache["vocab"], cfg, progress=False)
         finally:
             model.train(was_training)
-        metrics = evaluate(cache["gt"], detections, cache["vocab"])
-        return {f"{key}_{part}": metrics[key][part] for key in ("AP", "AP50") for part in ("base", "novel", "all", "hm")}
+        metrics = evaluate(cache["gt"], detections, cache["vocab"], protocol=cfg.protocol,
+                           dets_per_category=cfg.dets_per_category)  # fmt: skip
+        values = {f"{key}_{part}": metrics[key][part] for key in ("AP", "AP50") for part in ("base", "novel", "all", "hm")}
+        return values | {key: metrics[key] for key in ("APr", "APc", "APf") if key in metrics}
 
     return validate
 

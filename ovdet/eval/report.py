@@ -13,7 +13,8 @@ from typing import Any
 
 from ovdet.data.vocab import Vocabulary
 
-TABLE_ROWS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+AP_ROWS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+FREQUENCY_KEYS = ("APr", "APc", "APf")
 TABLE_COLUMNS = ("base", "novel", "all", "hm")
 SPLIT_COLORS = {"base": "tab:blue", "novel": "tab:orange"}
 GT_COLOR, DETECTION_COLOR = "lime", "red"
@@ -27,15 +28,24 @@ def format_percent(value: float) -> str:
     return "-" if value < 0 else f"{100 * value:.1f}"
 
 
+def table_rows(metrics: dict) -> list[str]:
+    """The AP rows, then the protocol's AR rows (every split-valued ``AR*`` key, in metrics order)."""
+    return [*AP_ROWS, *(key for key, value in metrics.items() if key.startswith("AR") and isinstance(value, dict))]
+
+
 def format_table(metrics: dict, markdown: bool = False) -> str:
-    """Rows AP..APl, columns base/novel/all/hm, in percent ('-' where undefined)."""
+    """Rows AP..APl and AR, columns base/novel/all/hm, in percent ('-' where undefined); then the
+    protocol and, where categories carry LVIS frequencies, APr / APc / APf."""
     rows = [["", *TABLE_COLUMNS]]
-    rows += [[name, *(format_percent(metrics[name][col]) for col in TABLE_COLUMNS)] for name in TABLE_ROWS]
+    rows += [[name, *(format_percent(metrics[name][col]) for col in TABLE_COLUMNS)] for name in table_rows(metrics)]
     if markdown:
         lines = ["| " + " | ".join(row) + " |" for row in rows]
         lines.insert(1, "|" + "---|" * len(rows[0]))
-        return "\n".join(lines)
-    return "\n".join("".join(cell.rjust(8) for cell in row) for row in rows)
+    else:
+        lines = ["".join(cell.rjust(8) for cell in row) for row in rows]
+    footer = [f"protocol {metrics.get('protocol', 'coco')}"]
+    footer += [f"{name} {format_percent(metrics[name])}" for name in FREQUENCY_KEYS if name in metrics]
+    return "\n".join([*lines, "", "  ".join(footer)])
 
 
 def pyplot() -> Any:
@@ -67,13 +77,12 @@ def write_report(
 
 
 def report_markdown(metrics: dict, plots: list[Path]) -> str:
-    lines = ["# Evaluation report", "", "Box AP in percent ('-': undefined, no GT in that range).", ""]
+    lines = ["# Evaluation report", "", "Box AP and AR in percent ('-': undefined, no GT in that range).", ""]
     lines += [format_table(metrics, markdown=True), ""]
-    if "APr" in metrics:
-        lvis = ", ".join(f"{name} {format_percent(metrics[name])}" for name in ("APr", "APc", "APf"))
-        lines += [f"LVIS frequency groups: {lvis}", ""]
-    lines += [f"{metrics['num_images']} images, {metrics['num_detections']} detections, "
-              f"engine {metrics['settings']['engine']}.", ""]  # fmt: skip
+    counts = metrics.get("detections", {})
+    lines += [f"{metrics['num_images']} images, {metrics['num_detections']} detections read, "
+              f"{counts.get('evaluated', metrics['num_detections'])} evaluated, engine {metrics['settings']['engine']}.",
+              ""]  # fmt: skip
     lines += [f"![{plot.stem}]({plot.name})" for plot in plots]
     return "\n".join(lines) + "\n"
 

@@ -40,8 +40,12 @@ def test_evaluate_files_writes_metrics_json_and_prints_table(coco_world, tmp_pat
     metrics = evaluate_files(paths["gt"], paths["dets"], str(paths["vocab"]), tmp_path / "out", report=False)
     assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == metrics
     printed = capsys.readouterr().out
-    assert "base" in printed and "hm" in printed and "APl" in printed
-    assert set(metrics["settings"]) == {"iouThrs", "maxDets", "areaRng", "engine"}
+    assert "base" in printed and "hm" in printed and "APl" in printed and "ARl@100" in printed
+    assert "protocol coco" in printed
+    assert metrics["protocol"] == "coco"
+    assert metrics["settings"] == {"protocol": "coco", "maxDets": [1, 10, 100], "iouThrs": metrics["settings"]["iouThrs"],
+                                   "areaRng": metrics["settings"]["areaRng"], "engine": "faster"}
+    assert len(metrics["settings"]["iouThrs"]) == 10
 
 
 def test_report_writes_markdown_and_plots(coco_world, tmp_path):

@@ -26,6 +26,26 @@ def world_and_shards(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def lvis_world_and_shards(world_and_shards, tmp_path_factory):
+    """The eval set in LVIS format: per image, half the absent categories verified negative and the
+    first present one not exhaustive."""
+    from pipelines.shard import run_shard_stage
+
+    world, _ = world_and_shards
+    gt = json.loads((world / "eval.json").read_text())
+    category_ids = [c["id"] for c in gt["categories"]]
+    for image in gt["images"]:
+        present = sorted({a["category_id"] for a in gt["annotations"] if a["image_id"] == image["id"]})
+        image["neg_category_ids"] = [c for c in category_ids if c not in present][::2]
+        image["not_exhaustive_category_ids"] = present[:1]
+    (world / "eval_lvis.json").write_text(json.dumps(gt))
+    source = SourceConfig(name="eval", kind="detection", format="coco", paths=["eval_lvis.json"], image_root="images")
+    shards = tmp_path_factory.mktemp("lvis-shards")
+    run_shard_stage(DataConfig(root=str(world), sources=[source], samples_per_shard=4), shards, progress=False)
+    return world, shards
+
+
+@pytest.fixture(scope="module")
 def detector():
     torch.manual_seed(0)
     return Detector(create_detector(ModelConfig(name="tiny-vit-minilm", feature_indices=[1])), {})
@@ -44,6 +64,24 @@ def test_shards_and_coco_json_give_the_same_metrics(world_and_shards, detector, 
     assert (tmp_path / "a" / "report.md").is_file()
 
 
+def test_lvis_format_sets_are_scored_federated_from_json_and_from_shards(lvis_world_and_shards, detector, tmp_path):
+    world, shards = lvis_world_and_shards
+    common = {"vocab": str(world / "vocab.yaml"), "prompt_templates": ["{}"]}
+    from_json = evaluate_model("m", EvalConfig(gt=str(world / "eval_lvis.json"), **common), tmp_path / "a", False,
+                               detector)  # fmt: skip
+    from_shards = evaluate_model("m", EvalConfig(shards=str(shards), **common), tmp_path / "b", False, detector)
+    assert from_json["protocol"] == from_shards["protocol"] == "lvis"
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR@300"):
+        assert from_json[key] == pytest.approx(from_shards[key], abs=1e-9)
+    assert from_json["detections"] == from_shards["detections"]
+    assert from_json["detections"]["unverified"] > 0
+    coco = evaluate_model("m", EvalConfig(gt=str(world / "eval_lvis.json"), protocol="coco", **common), tmp_path / "c",
+                          False, detector)  # fmt: skip
+    # each protocol asks the model for as many detections per image as it keeps
+    assert coco["protocol"] == "coco" and coco["detections"]["read"] == 100 * coco["num_images"]
+    assert from_json["detections"]["read"] == 300 * from_json["num_images"]
+
+
 def test_validator_reports_headline_numbers_and_restores_training_mode(world_and_shards, detector):
     world, _ = world_and_shards
     model = detector.model.train()
@@ -59,3 +97,13 @@ def test_eval_without_a_set_is_a_user_error(tmp_path):
 
     with pytest.raises(OvdetError, match="eval.gt .* or eval.shards"):
         evaluate_model("m", EvalConfig(vocab="a,b"), tmp_path)
+
+
+def test_validator_scores_under_the_configured_protocol(lvis_world_and_shards, detector, tmp_path):
+    world, _ = lvis_world_and_shards
+    cfg = EvalConfig(gt=str(world / "eval_lvis.json"), vocab=str(world / "vocab.yaml"), prompt_templates=["{}"],
+                     protocol="lvis-fixed", dets_per_category=40)  # fmt: skip
+    values = make_validator(cfg)(detector.model, 5)
+    full = evaluate_model("m", cfg, tmp_path, False, detector)
+    assert full["protocol"] == "lvis-fixed" and full["detections"]["over_category_cap"] > 0
+    assert values == {f"{k}_{p}": full[k][p] for k in ("AP", "AP50") for p in ("base", "novel", "all", "hm")}

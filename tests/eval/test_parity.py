@@ -1,4 +1,5 @@
-"""Every reported AP equals pycocotools COCOeval run separately on that category subset."""
+"""Under the coco protocol every reported AP and AR equals pycocotools COCOeval run separately on that
+category subset (``stats[:12]``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ovdet.eval.metrics import METRIC_SPECS, evaluate, pack_pairs
+from ovdet.eval.engine import pack_pairs
+from ovdet.eval.metrics import evaluate
+
+COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR@1", "AR@10", "AR@100", "ARs@100", "ARm@100",
+              "ARl@100")  # COCOeval.stats, in order
 
 TOLERANCE = 1e-6
 
@@ -28,7 +33,7 @@ def pycocotools_stats(gt: dict, detections: list[dict], category_ids: list[int])
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return dict(zip(METRIC_SPECS, evaluator.stats[:6].tolist(), strict=True))
+    return dict(zip(COCO_STATS, evaluator.stats.tolist(), strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +60,12 @@ def test_fixture_exercises_crowd_areas_maxdets_empty_categories_and_images(coco_
 
 
 @pytest.mark.parametrize("engine", ["faster", "pycocotools"])
-def test_split_metrics_equal_pycocotools_run_per_subset(coco_world, reference, engine):
+def test_split_ap_and_ar_equal_pycocotools_run_per_subset(coco_world, reference, engine):
     gt, detections, vocab = coco_world
     metrics = evaluate(gt, detections, vocab, engine=engine)
+    assert metrics["protocol"] == "coco"
     per_subset, _ = reference
-    for name in METRIC_SPECS:
+    for name in COCO_STATS:
         for split in ("base", "novel", "all"):
             assert abs(metrics[name][split] - per_subset[split][name]) <= TOLERANCE, (name, split)
 
