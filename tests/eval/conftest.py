@@ -6,6 +6,7 @@ import copy
 
 import numpy as np
 import pytest
+from generated_boxes import IMAGE_SIZE, jitter, random_box
 
 from ovdet.data.vocab import Category, Vocabulary
 
@@ -13,21 +14,6 @@ CATEGORIES = [(1, "person"), (2, "bicycle"), (3, "car"), (5, "bus"), (8, "truck"
               (21, "dog"), (34, "zebra")]  # fmt: skip
 NOVEL = {"bus", "cat", "zebra"}
 CATEGORY_WITHOUT_GT = 34
-IMAGE_SIZE = (640, 480)
-SIDE_RANGES = [(4, 30), (35, 90), (100, 300)]  # small, medium, large boxes
-
-
-def random_box(rng: np.random.Generator) -> list[float]:
-    low, high = SIDE_RANGES[rng.integers(len(SIDE_RANGES))]
-    w, h = rng.uniform(low, high, size=2)
-    x, y = rng.uniform(0, IMAGE_SIZE[0] - w), rng.uniform(0, IMAGE_SIZE[1] - h)
-    return [round(float(v), 2) for v in (x, y, w, h)]
-
-
-def jitter(rng: np.random.Generator, box: list[float]) -> list[float]:
-    x, y, w, h = box
-    dx, dy, dw, dh = rng.normal(0, 0.08, size=4) * [w, h, w, h]
-    return [round(float(v), 2) for v in (x + dx, y + dy, max(w + dw, 1.0), max(h + dh, 1.0))]
 
 
 def make_ground_truth(rng: np.random.Generator, num_images: int) -> dict:
@@ -59,7 +45,7 @@ def make_detections(rng: np.random.Generator, gt: dict) -> list[dict]:
         for _ in range(rng.integers(0, 3)):
             wrong = rng.random() < 0.2
             category = int(rng.choice(all_ids)) if wrong else annotation["category_id"]
-            detections.append(detection(rng, annotation["image_id"], category, jitter(rng, annotation["bbox"])))
+            detections.append(detection(rng, annotation["image_id"], category, jitter(rng, annotation["bbox"], 0.08)))
     for image in gt["images"]:
         if image["id"] not in without_detections:
             for _ in range(rng.integers(0, 6)):

@@ -15,23 +15,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from generated_boxes import IMAGE_SIZE, jitter, random_box
 
-IMAGE_SIZE = (640, 480)
-SIDE_RANGES = [(4, 30), (35, 90), (100, 300)]  # small, medium, large
 FREQUENCIES = "rrrrcccccffffff"
-
-
-def random_box(rng: np.random.Generator) -> list[float]:
-    low, high = SIDE_RANGES[rng.integers(len(SIDE_RANGES))]
-    w, h = rng.uniform(low, high, size=2)
-    x, y = rng.uniform(0, IMAGE_SIZE[0] - w), rng.uniform(0, IMAGE_SIZE[1] - h)
-    return [round(float(v), 2) for v in (x, y, w, h)]
-
-
-def jitter(rng: np.random.Generator, box: list[float]) -> list[float]:
-    x, y, w, h = box
-    dx, dy, dw, dh = rng.normal(0, 0.1, size=4) * [w, h, w, h]
-    return [round(float(v), 2) for v in (x + dx, y + dy, max(w + dw, 1.0), max(h + dh, 1.0))]
 
 
 def make_lvis_case(seed: int, num_images: int = 40, over_cap_images: int = 2) -> tuple[dict, list[dict]]:
@@ -77,7 +63,7 @@ def make_detections(rng: np.random.Generator, gt: dict, category_ids: list[int],
             continue
         for _ in range(rng.integers(0, 3)):
             category = int(rng.choice(category_ids)) if rng.random() < 0.2 else annotation["category_id"]
-            detections.append(detection(rng, annotation["image_id"], category, jitter(rng, annotation["bbox"])))
+            detections.append(detection(rng, annotation["image_id"], category, jitter(rng, annotation["bbox"], 0.1)))
     for image_id in image_ids:
         if image_id in without_detections:
             continue
