@@ -134,13 +134,14 @@ def cmd_eval(args) -> int:
         novel = [n.strip() for n in args.novel.split(",")] if args.novel else None
         evaluate_files(args.gt, args.detections, args.vocab, args.out, novel=novel, image_root=args.image_root,
                        report=not args.no_report, engine=args.engine, protocol=args.protocol or "auto",
-                       dets_per_category=args.dets_per_category or FIXED_DETS_PER_CATEGORY)  # fmt: skip
+                       dets_per_category=FIXED_DETS_PER_CATEGORY if args.dets_per_category is None
+                       else args.dets_per_category)  # fmt: skip
         return 0
     from ovdet.eval.evaluator import evaluate_model
 
     cfg = resolve_config(args)
     for key in ("gt", "vocab", "image_root", "protocol", "dets_per_category"):
-        if getattr(args, key):
+        if getattr(args, key) is not None:
             setattr(cfg.eval, key, getattr(args, key))
     if maybe_print_config(args, cfg):
         return 0

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -189,8 +189,7 @@ def apply_federated_labels(gt: dict, gt_annotations: list[dict], detections: Det
     verified = (detection_keys >= 0) & np.isin(detection_keys, np.concatenate([positive, negative]))
     detections = keep_counted(detections, verified, counts, "unverified")
     detection_keys = detection_keys[verified]
-    detections.areas = np.where(np.isin(detection_keys, not_exhaustive), -1.0, detections.areas)
-    return detections
+    return replace(detections, areas=np.where(np.isin(detection_keys, not_exhaustive), -1.0, detections.areas))
 
 
 def image_list_columns(images: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:

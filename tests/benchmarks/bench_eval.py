@@ -138,8 +138,8 @@ def make_detections(rng: np.random.Generator, gt: dict, max_per_image: int) -> l
     wrong = rng.random(len(hit_labels)) < 0.2
     hit_labels[wrong] = rng.choice(category_ids, wrong.sum())
     hit_images = np.array([a["image_id"] for a in annotations], dtype=np.int64)
-    hits_per_image = (hit_images[:, None] == image_ids[None]).sum(0) if len(image_ids) < 1000 else np.array(
-        [np.count_nonzero(hit_images == i) for i in image_ids])
+    position = {image_id: i for i, image_id in enumerate(image_ids.tolist())}
+    hits_per_image = np.bincount([position[i] for i in hit_images.tolist()], minlength=len(image_ids))
     per_image = rng.integers(max_per_image // 3, max_per_image + 1, size=len(image_ids))
     extra_images = np.repeat(image_ids, np.maximum(per_image - hits_per_image, 0))
     extra_labels = rng.choice(category_ids, len(extra_images))
