@@ -63,6 +63,9 @@ class DataConfig:
     max_image_pixels: int = 89_478_485  # PIL's decompression-bomb limit
     ray_address: str = ""  # "" starts a local cluster; "auto" or host:port joins one
     num_cpus: int = 2
+    # a source rejecting more than this share of its records fails the stage (exit 1): curated sets
+    # (COCO, LVIS, Objects365, GoldG) reject ~0%, a wrong image_root or split ~100% (docs/data-format.md)
+    max_rejected_fraction: float = 0.1
 
 
 @dataclass
@@ -79,6 +82,10 @@ class LoaderConfig:
     prompt_templates: list[str] = field(default_factory=lambda: ["a photo of a {}.", "a {}.", "{}"])
     template_probability: float = 0.5
     hflip_probability: float = 0.5
+    # images with federated labels (LVIS neg_category_ids): "verified" takes negatives only from the
+    # image's verified-absent names (OWL-ViT, federated loss); "pool" also samples the pool, never
+    # the image's not-exhaustive categories
+    federated_negatives: Literal["verified", "pool"] = "verified"
     min_scale: float = 0.75  # random letterbox scale jitter in [min_scale, 1]
     seed: int = 0
 

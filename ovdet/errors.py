@@ -11,9 +11,22 @@ class OvdetError(Exception):
 
 
 class RecordError(OvdetError):
-    """One bad record: the stage rejects it (rejected.jsonl) and goes on."""
+    """One bad record: the stage rejects it (rejected.jsonl) and goes on.
 
-    def __init__(self, record_id: str, reason: str):
+    ``boxes`` is how many annotated boxes are lost with it (the box-level counts balance too).
+    """
+
+    def __init__(self, record_id: str, reason: str, boxes: int = 0):
         super().__init__(f"{record_id}: {reason}")
         self.record_id = record_id
         self.reason = reason
+        self.boxes = boxes
+
+
+class AnnotationError(RecordError):
+    """One bad annotation (box, region) of a record that is otherwise kept: the box is dropped and
+    reported; ``record_id`` is the record's key, ``annotation_id`` names the annotation in it."""
+
+    def __init__(self, record_id: str, annotation_id: str, reason: str, boxes: int = 1):
+        super().__init__(record_id, reason, boxes=boxes)
+        self.annotation_id = annotation_id

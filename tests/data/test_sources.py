@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
+import json
 import math
 import re
 
@@ -18,22 +18,40 @@ from fixtures import (
     write_coco,
     write_json,
     write_jsonl,
-    write_parquet,
-    write_wds_tar,
 )
 
-from ovdet.data.images import load_image
 from ovdet.data.records import Phrase, Record
 from ovdet.data.sources import iter_source
 from ovdet.data.sources.coco import read_coco_categories
-from ovdet.errors import OvdetError, RecordError
+from ovdet.errors import AnnotationError, OvdetError, RecordError
 
 
 def read_all(src, root):
+    """Items, records, and the record-level rejections by record id."""
     items = list(iter_source(src, root))
     records = [i for i in items if isinstance(i, Record)]
-    rejections = {i.record_id: i.reason for i in items if isinstance(i, RecordError)}
+    rejections = {
+        i.record_id: i.reason
+        for i in items
+        if isinstance(i, RecordError) and not isinstance(i, AnnotationError)
+    }
     return items, records, rejections
+
+
+def dropped_of(items):
+    """The annotation-level rejections as (record id, annotation id, reason)."""
+    return [(i.record_id, i.annotation_id, i.reason) for i in items if isinstance(i, AnnotationError)]
+
+
+def assert_counts_balance(items, images, boxes):
+    """read = written + rejected, for records (images, lines) and for boxes."""
+    records = [i for i in items if isinstance(i, Record)]
+    record_rejections = [
+        i for i in items if isinstance(i, RecordError) and not isinstance(i, AnnotationError)
+    ]
+    assert len(records) + len(record_rejections) == images
+    rejected_boxes = sum(i.boxes for i in items if isinstance(i, RecordError))
+    assert sum(len(r.boxes) for r in records) + rejected_boxes == boxes
 
 
 def assert_keys_are_tar_safe(records):
@@ -97,6 +115,13 @@ def test_lvis_keeps_frequency_negatives_and_not_exhaustive_categories(tmp_path):
     assert record.negatives == ["aardvark"]
     assert record.meta["not_exhaustive_category_ids"] == [3]
     assert record.meta["not_exhaustive_categories"] == ["dog"]
+    assert record.meta["federated"] is True  # the loader takes this image's negatives from verified names
+
+
+def test_coco_image_without_federated_fields_is_not_federated(tmp_path):
+    path = write_coco(tmp_path / "coco.json", [coco_image(1)], [coco_annotation(1, 1, [1, 1, 4, 4])])
+    (record,) = iter_source(source("c", "coco", [path]), tmp_path)
+    assert "federated" not in record.meta and record.negatives == []
 
 
 def test_lvis_file_name_falls_back_to_the_url_basename_when_only_that_exists(tmp_path):
@@ -116,6 +141,15 @@ def test_read_coco_categories_keeps_lvis_synonyms_and_frequency(tmp_path):
     assert [c["frequency"] for c in categories] == ["f", "r", "c"]
 
 
+def test_iter_source_hands_back_the_category_table_of_a_coco_source(tmp_path):
+    first = write_coco(tmp_path / "a.json", [], [], LVIS_CATEGORIES)
+    second = write_coco(tmp_path / "b.json", [], [], [{"id": 1, "name": "kitty"}, {"id": 9, "name": "zebra"}])
+    table = {}
+    list(iter_source(source("lvis", "coco", [first, second]), tmp_path, categories=table))
+    assert [(c["id"], c["name"]) for c in table.values()] == [(1, "cat"), (2, "aardvark"), (3, "dog"), (9, "zebra")]
+    assert table[1]["def"] == "a feline"
+
+
 @pytest.mark.parametrize(
     "bbox, reason",
     [
@@ -129,12 +163,60 @@ def test_read_coco_categories_keeps_lvis_synonyms_and_frequency(tmp_path):
         (None, "annotation 7 is not 4 numbers"),
     ],
 )
-def test_invalid_coco_box_rejects_its_image(tmp_path, bbox, reason):
+def test_invalid_coco_box_is_dropped_alone_and_its_image_kept(tmp_path, bbox, reason):
     annotations = [coco_annotation(6, 1, [1, 1, 2, 2]), coco_annotation(7, 1, bbox)]
     path = write_coco(tmp_path / "a.json", [coco_image(1), coco_image(2)], annotations)
     items, records, rejections = read_all(source("c", "coco", [path]), tmp_path)
-    assert rejections == {"c-1": reason}
-    assert [r.key for r in records] == ["c-2"]
+    assert rejections == {} and dropped_of(items) == [("c-1", "7", reason)]
+    assert [(r.key, r.boxes) for r in records] == [("c-1", [[1.0, 1.0, 3.0, 3.0]]), ("c-2", [])]
+    assert_counts_balance(items, images=2, boxes=2)
+
+
+def test_objects365_image_keeps_its_valid_boxes_when_one_has_zero_width(tmp_path):
+    annotations = [
+        coco_annotation(11, 5, [10, 10, 20, 20]),
+        coco_annotation(12, 5, [30, 10, 0, 20]),
+        coco_annotation(13, 5, [40, 5, 10, 30], category_id=2),
+        coco_annotation(14, 6, [1, 1, 0, 5]),
+    ]
+    path = write_coco(tmp_path / "o365.json", [coco_image(5), coco_image(6)], annotations)
+    items, records, rejections = read_all(source("o365", "coco", [path]), tmp_path)
+    assert [(r.key, r.category_names) for r in records] == [("o365-5", ["cat", "dog"])]
+    assert dropped_of(items) == [
+        ("o365-5", "12", "annotation 12 has zero or negative size"),
+        ("o365-6", "14", "annotation 14 has zero or negative size"),
+    ]
+    # an image whose every box is invalid is not kept as an empty (all-background) image
+    assert rejections == {"o365-6": "no valid annotation left (1 invalid)"}
+    assert_counts_balance(items, images=2, boxes=4)
+
+
+def test_ignore_flag_makes_a_crowd_box(tmp_path):
+    annotations = [
+        coco_annotation(1, 1, [1, 1, 5, 5], ignore=1),
+        coco_annotation(2, 1, [9, 9, 5, 5], iscrowd=0, ignore=0),
+        coco_annotation(3, 1, [20, 9, 5, 5], iscrowd=1),
+    ]
+    path = write_coco(tmp_path / "a.json", [coco_image(1)], annotations)
+    (record,) = iter_source(source("c", "coco", [path]), tmp_path)
+    assert record.is_crowd == [1, 0, 1]
+
+
+def test_duplicate_annotation_id_is_dropped_not_duplicated(tmp_path):
+    annotations = [
+        coco_annotation(5, 1, [1, 1, 5, 5]),
+        coco_annotation(5, 1, [1, 1, 5, 5]),
+        coco_annotation(6, 2, [2, 2, 5, 5]),
+        coco_annotation(5, 2, [9, 9, 5, 5]),
+    ]
+    path = write_coco(tmp_path / "a.json", [coco_image(1), coco_image(2)], annotations)
+    items, records, rejections = read_all(source("c", "coco", [path]), tmp_path)
+    assert [len(r.boxes) for r in records] == [1, 1] and rejections == {}
+    assert dropped_of(items) == [
+        ("c-1", "5", "duplicate annotation id 5"),
+        ("c-2", "5", "duplicate annotation id 5"),
+    ]
+    assert_counts_balance(items, images=2, boxes=4)
 
 
 def test_box_slightly_outside_the_image_is_clipped_and_counted(tmp_path):
@@ -145,12 +227,12 @@ def test_box_slightly_outside_the_image_is_clipped_and_counted(tmp_path):
     assert record.meta["clipped_boxes"] == 2
 
 
-def test_unknown_category_id_rejects_the_image(tmp_path):
-    path = write_coco(
-        tmp_path / "a.json", [coco_image(1)], [coco_annotation(3, 1, [1, 1, 2, 2], category_id=99)]
-    )
-    _, _, rejections = read_all(source("c", "coco", [path]), tmp_path)
-    assert rejections == {"c-1": "annotation 3 has unknown category id 99"}
+def test_unknown_category_id_drops_its_annotation(tmp_path):
+    annotations = [coco_annotation(3, 1, [1, 1, 2, 2], category_id=99), coco_annotation(4, 1, [1, 1, 2, 2])]
+    path = write_coco(tmp_path / "a.json", [coco_image(1)], annotations)
+    items, records, rejections = read_all(source("c", "coco", [path]), tmp_path)
+    assert rejections == {} and [r.category_ids for r in records] == [[1]]
+    assert dropped_of(items) == [("c-1", "3", "annotation 3 has unknown category id 99")]
 
 
 def test_unknown_lvis_negative_category_rejects_the_image(tmp_path):
@@ -172,13 +254,13 @@ def test_duplicate_image_id_rejects_the_second_and_counts_both(tmp_path):
     ]
 
 
-def test_annotation_of_a_missing_image_is_counted_as_a_rejection(tmp_path):
+def test_annotation_of_a_missing_image_is_counted_as_a_dropped_box(tmp_path):
     annotations = [coco_annotation(1, 1, [1, 1, 2, 2]), coco_annotation(2, 77, [1, 1, 2, 2])]
     path = write_coco(tmp_path / "a.json", [coco_image(1), coco_image(2)], annotations)
     items, records, rejections = read_all(source("c", "coco", [path]), tmp_path)
-    assert rejections == {"annotation 2": "image id 77 not found"}
-    assert len(records) + len(rejections) == 2 + 1  # images + orphan annotations
-    assert isinstance(items[-1], RecordError)  # after the images, deterministic
+    assert rejections == {} and dropped_of(items) == [(str(path), "2", "image id 77 not found")]
+    assert isinstance(items[-1], AnnotationError)  # after the images, deterministic
+    assert_counts_balance(items, images=2, boxes=2)
 
 
 def test_image_without_size_is_rejected(tmp_path):
@@ -199,10 +281,14 @@ def test_counts_invariant_holds_on_a_messy_coco_file(tmp_path):
         coco_annotation(6, 405, [1, 1, 5, 5]),
     ]
     path = write_coco(tmp_path / "a.json", images, annotations)
-    items, records, _ = read_all(source("c", "coco", [path]), tmp_path)
-    rejections = [i for i in items if isinstance(i, RecordError)]
-    assert len(records) + len(rejections) == len(images) + 2
+    items, records, rejections = read_all(source("c", "coco", [path]), tmp_path)
+    assert_counts_balance(items, images=len(images), boxes=len(annotations))
     assert [r.key for r in records] == ["c-1", "c-4", "c-5"]
+    assert rejections == {
+        "c-2": "no valid annotation left (1 invalid)",
+        "c-3": "duplicate image id 3",
+        "c-image6": "image entry 6 has no valid id",
+    }
     assert_keys_are_tar_safe(records)
 
 
@@ -264,12 +350,13 @@ def test_odvg_label_map_names_instances(tmp_path):
     assert record.category_names == ["bicycle"]
 
 
-def test_odvg_label_missing_from_the_label_map_is_rejected(tmp_path):
-    rows = [odvg_detection("a.jpg", [{"bbox": [1, 2, 3, 4], "label": 7, "category": "x"}])]
-    data = write_jsonl(tmp_path / "od.jsonl", rows)
+def test_odvg_label_missing_from_the_label_map_is_dropped(tmp_path):
+    instances = [{"bbox": [1, 2, 3, 4], "label": 7, "category": "x"}, {"bbox": [1, 2, 3, 4], "label": 0}]
+    data = write_jsonl(tmp_path / "od.jsonl", [odvg_detection("a.jpg", instances)])
     label_map = write_json(tmp_path / "labels.json", {"0": "person"})
-    _, _, rejections = read_all(source("o", "odvg", [data, label_map]), tmp_path)
-    assert rejections == {"o-1": "box 0 has unknown category id 7"}
+    items, records, rejections = read_all(source("o", "odvg", [data, label_map]), tmp_path)
+    assert rejections == {} and [r.category_names for r in records] == [["person"]]
+    assert dropped_of(items) == [("o-1", "box 0", "box 0 has unknown category id 7")]
 
 
 def test_odvg_grounding_line_round_trips_phrases_and_spans(tmp_path):
@@ -303,32 +390,10 @@ def test_odvg_region_without_tokens_positive_is_found_in_the_caption(tmp_path):
             ),
             "empty caption",
         ),
-        (
-            odvg_grounding(
-                "x.jpg", "a cat", [{"bbox": [1, 1, 5, 5], "phrase": "cat", "tokens_positive": [[2, 9]]}]
-            ),
-            "phrase 0 span [2, 9] is outside the caption (length 5)",
-        ),
-        (
-            odvg_grounding("x.jpg", "a cat", [{"bbox": [1, 1, 5, 5], "phrase": "dog"}]),
-            "phrase 0 is not in the caption and has no tokens_positive",
-        ),
-        (
-            odvg_detection("x.jpg", [{"bbox": [1, 1, 5, math.nan], "label": 0, "category": "a"}]),
-            "box 0 has NaN coordinates",
-        ),
-        (
-            odvg_detection("x.jpg", [{"bbox": [5, 1, 5, 9], "label": 0, "category": "a"}]),
-            "box 0 has zero or negative size",
-        ),
-        (
-            odvg_detection("x.jpg", [{"bbox": [0, 50, 5, 60], "label": 0, "category": "a"}]),
-            "box 0 is outside the image",
-        ),
-        (odvg_detection("x.jpg", [{"bbox": [1, 1, 5, 5], "label": 0}]), "box 0 has unknown category id 0"),
         ({"filename": "x.jpg", "height": 4, "width": 4}, "neither a detection nor a grounding record"),
         ({"height": 4, "width": 4, "detection": {"instances": []}}, "missing filename"),
         (["not", "an", "object"], "line is not a JSON object"),
+        (odvg_detection("x.jpg", [], width="wide"), "invalid image size widex48"),
     ],
 )
 def test_bad_odvg_line_is_rejected_with_its_reason(tmp_path, row, reason):
@@ -339,11 +404,125 @@ def test_bad_odvg_line_is_rejected_with_its_reason(tmp_path, row, reason):
     assert [r.key for r in records] == ["o-1", "o-3"]
 
 
-def test_malformed_odvg_jsonl_names_file_and_line(tmp_path):
+GOOD_REGION = {"bbox": [1, 1, 5, 5], "phrase": "a", "tokens_positive": [[0, 1]]}
+GOOD_INSTANCE = {"bbox": [1, 1, 5, 5], "label": 0, "category": "a"}
+
+
+@pytest.mark.parametrize(
+    "row, what, reason",
+    [
+        (
+            odvg_grounding(
+                "x.jpg", "a cat", [GOOD_REGION, {"bbox": [1, 1, 5, 5], "tokens_positive": [[2, 9]]}]
+            ),
+            "phrase 1",
+            "phrase 1 span [2, 9] is outside the caption (length 5)",
+        ),
+        (
+            odvg_grounding("x.jpg", "a cat", [GOOD_REGION, {"bbox": [1, 1, 5, 5], "phrase": "dog"}]),
+            "phrase 1",
+            "phrase 1 is not in the caption and has no tokens_positive",
+        ),
+        (
+            odvg_grounding("x.jpg", "a cat", [GOOD_REGION, {"bbox": [1, 1, 5, 5], "phrase": ""}]),
+            "phrase 1",
+            "phrase 1 has no text",
+        ),
+        (
+            odvg_detection(
+                "x.jpg", [{"bbox": [1, 1, 5, math.nan], "label": 0, "category": "a"}, GOOD_INSTANCE]
+            ),
+            "box 0",
+            "box 0 has NaN coordinates",
+        ),
+        (
+            odvg_detection("x.jpg", [{"bbox": [5, 1, 5, 9], "label": 0, "category": "a"}, GOOD_INSTANCE]),
+            "box 0",
+            "box 0 has zero or negative size",
+        ),
+        (
+            odvg_detection("x.jpg", [{"bbox": [0, 50, 5, 60], "label": 0, "category": "a"}, GOOD_INSTANCE]),
+            "box 0",
+            "box 0 is outside the image",
+        ),
+        (
+            odvg_detection("x.jpg", [{"bbox": [1, 1, 5, 5], "label": 0}, GOOD_INSTANCE]),
+            "box 0",
+            "box 0 has unknown category id 0",
+        ),
+    ],
+)
+def test_bad_odvg_box_or_region_is_dropped_and_its_line_kept(tmp_path, row, what, reason):
+    path = write_jsonl(tmp_path / "a.jsonl", [row])
+    items, records, rejections = read_all(source("o", "odvg", [path]), tmp_path)
+    assert rejections == {} and dropped_of(items) == [("o-1", what, reason)]
+    assert [r.boxes for r in records] == [[[1.0, 1.0, 5.0, 5.0]]]
+    assert_counts_balance(items, images=1, boxes=2)
+
+
+def test_bad_box_inside_a_multi_box_region_drops_that_box_only(tmp_path):
+    regions = [
+        {
+            "bbox": [[1, 1, 5, 5], [3, 3, 3, 9], [6, 6, 9, 9]],
+            "phrase": "two cats",
+            "tokens_positive": [[0, 8]],
+        }
+    ]
+    path = write_jsonl(tmp_path / "a.jsonl", [odvg_grounding("x.jpg", "two cats", regions)])
+    items, records, _ = read_all(source("o", "odvg", [path]), tmp_path)
+    assert dropped_of(items) == [("o-1", "phrase 0 box 1", "phrase 0 box 1 has zero or negative size")]
+    assert records[0].phrases == [Phrase("two cats", [(0, 8)], [0, 1])]
+    assert_counts_balance(items, images=1, boxes=3)
+
+
+def test_odvg_line_with_detection_and_grounding_keeps_both(tmp_path):
+    """Open-GroundingDino's data_format.md: one line may carry both parts."""
+    line = odvg_grounding(
+        "x.jpg",
+        "a man riding a bike",
+        [
+            {"bbox": [1, 1, 20, 40], "phrase": "a man", "tokens_positive": [[0, 5]]},
+            {"bbox": [10, 20, 60, 45], "phrase": "a bike", "tokens_positive": [[13, 19]]},
+        ],
+    )
+    line["detection"] = {
+        "instances": [
+            {"bbox": [1, 1, 20, 40], "label": 0, "category": "person"},
+            {"bbox": [10, 20, 60, 45], "label": 1, "category": "bicycle"},
+        ]
+    }
+    path = write_jsonl(tmp_path / "a.jsonl", [line])
+    (record,) = iter_source(source("o", "odvg", [path]), tmp_path)
+    assert record.kind == "grounding" and record.caption == "a man riding a bike"
+    assert record.category_ids == [0, 1, -1, -1]
+    assert record.category_names == ["person", "bicycle", "a man", "a bike"]
+    assert record.phrases == [Phrase("a man", [(0, 5)], [2]), Phrase("a bike", [(13, 19)], [3])]
+    assert record.meta["odvg_parts"] == ["detection", "grounding"]
+
+
+def test_list_valued_phrase_takes_its_text_from_the_spans(tmp_path):
+    """mmdetection's goldg2odvg.py writes a list for a non-contiguous phrase, with tokens_positive."""
+    caption = "the red and blue ball on a mat"
+    regions = [
+        {"bbox": [1, 1, 9, 9], "phrase": ["red", "ball"], "tokens_positive": [[4, 7], [17, 21]]},
+        {"bbox": [2, 2, 9, 9], "phrase": ["a", "mat"]},
+    ]
+    path = write_jsonl(tmp_path / "a.jsonl", [odvg_grounding("x.jpg", caption, regions)])
+    (record,) = iter_source(source("o", "odvg", [path]), tmp_path)
+    assert record.phrases == [
+        Phrase("red ball", [(4, 7), (17, 21)], [0]),
+        Phrase("a mat", [(25, 26), (27, 30)], [1]),
+    ]
+    assert record.category_names == ["red ball", "a mat"]
+
+
+def test_malformed_odvg_line_is_one_rejected_record_named_by_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"filename": "a.jpg"}\n\n{"filename": \n')
-    with pytest.raises(OvdetError, match=r"bad\.jsonl:3: invalid JSON"):
-        list(iter_source(source("o", "odvg", [path]), tmp_path))
+    good = json.dumps(odvg_detection("a.jpg", [GOOD_INSTANCE]))
+    path.write_text(f'{good}\n\n{{"filename": \n{good}\n')
+    items, records, rejections = read_all(source("o", "odvg", [path]), tmp_path)
+    assert [r.key for r in records] == ["o-1", "o-4"]
+    assert list(rejections) == [f"{path}:3"] and rejections[f"{path}:3"].startswith("invalid JSON: ")
 
 
 # MDETR
@@ -392,12 +571,61 @@ def test_mdetr_round_trips_phrases_spans_and_box_names(tmp_path):
         ),
     ],
 )
-def test_bad_mdetr_annotation_rejects_its_image(tmp_path, annotation, reason):
+def test_bad_mdetr_annotation_is_dropped_and_its_image_kept(tmp_path, annotation, reason):
     path = mdetr_file(
         tmp_path, annotations=[coco_annotation(1, 1, [1, 1, 10, 10], tokens_positive=[[0, 8]]), annotation]
     )
-    _, records, rejections = read_all(source("m", "mdetr", [path]), tmp_path)
-    assert records == [] and rejections == {"m-1": reason}
+    items, records, rejections = read_all(source("m", "mdetr", [path]), tmp_path)
+    assert rejections == {} and dropped_of(items) == [("m-1", "4", reason)]
+    assert records[0].phrases == [Phrase("two dogs", [(0, 8)], [0])]
+
+
+def test_mdetr_flickr_sizes_stored_as_strings_are_read(tmp_path):
+    """MDETR's final_flickr_separateGT_*.json store "height": "500"."""
+    images = [
+        coco_image(0, caption="a dog", width="371", height="500"),
+        coco_image(1, caption="a dog", width="371.5", height="500"),
+        coco_image(2, caption="a dog", width="many", height="500"),
+    ]
+    annotations = [coco_annotation(i, i, [1, 1, 5, 5], tokens_positive=[[2, 5]]) for i in range(3)]
+    path = mdetr_file(tmp_path, images=images, annotations=annotations)
+    items, records, rejections = read_all(source("m", "mdetr", [path]), tmp_path)
+    assert [(r.key, r.width, r.height) for r in records] == [("m-0", 371, 500)]
+    assert rejections == {"m-1": "invalid image size 371.5x500", "m-2": "invalid image size manyx500"}
+    assert_counts_balance(items, images=3, boxes=3)
+
+
+def test_goldg_files_numbering_images_from_zero_all_keep_their_records(tmp_path):
+    """GoldG = final_mixed_train_no_coco.json + the Flickr files, each numbering images from 0."""
+    paths = []
+    for name in ("final_mixed_train_no_coco", "final_flickr_separateGT_train"):
+        images = [coco_image(i, caption="a dog", file_name=f"{name}-{i}.jpg") for i in range(3)]
+        annotations = [coco_annotation(i, i, [1, 1, 5, 5], tokens_positive=[[2, 5]]) for i in range(3)]
+        paths.append(
+            write_coco(tmp_path / f"{name}.json", images, annotations, [{"id": 1, "name": "object"}])
+        )
+    paths.append(
+        write_coco(tmp_path / "dup.json", [coco_image(0, caption="a"), coco_image(0, caption="a")], [])
+    )
+    items, records, rejections = read_all(source("goldg", "mdetr", paths), tmp_path)
+    assert [r.key for r in records] == [
+        "goldg-final_mixed_train_no_coco-0", "goldg-final_mixed_train_no_coco-1", "goldg-final_mixed_train_no_coco-2",
+        "goldg-final_flickr_separateGT_train-0", "goldg-final_flickr_separateGT_train-1",
+        "goldg-final_flickr_separateGT_train-2", "goldg-dup-0",
+    ]  # fmt: skip
+    assert rejections == {"goldg-dup-0": "duplicate image id 0"}  # still rejected inside one file
+    assert_keys_are_tar_safe(records)
+
+
+def test_one_file_sources_keep_the_short_key_and_equal_stems_use_the_folder(tmp_path):
+    images = [coco_image(1)]
+    train = write_coco(tmp_path / "train" / "labels.json", images, [])
+    val = write_coco(tmp_path / "val" / "labels.json", images, [])
+    assert [r.key for r in iter_source(source("c", "coco", [train]), tmp_path)] == ["c-1"]
+    assert [r.key for r in iter_source(source("c", "coco", [train, val]), tmp_path)] == [
+        "c-train_labels-1",
+        "c-val_labels-1",
+    ]
 
 
 def test_mdetr_empty_caption_duplicates_and_orphans_are_counted(tmp_path):
@@ -413,157 +641,11 @@ def test_mdetr_empty_caption_duplicates_and_orphans_are_counted(tmp_path):
     assert rejections == [
         ("m-2", "empty caption"),
         ("m-1", "duplicate image id 1"),
-        ("annotation 2", "image id 9 not found"),
+        (str(path), "image id 9 not found"),
     ]
-    assert len(records) + len(rejections) == len(images) + 1
-
-
-# Image-text
-
-
-def test_image_text_jsonl_accepts_each_image_and_caption_key(tmp_path):
-    rows = [
-        {"image": "a.jpg", "caption": "a cat"},
-        {"image_path": "/abs/b.jpg", "text": "a dog"},
-        {"filepath": "c.jpg", "caption": "a car", "key": "k/3"},
-        {"url": "d.jpg", "text": "a cup"},
-    ]
-    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    _, records, _ = read_all(source("cc", "jsonl", [path], image_root="imgs", kind="image_text"), tmp_path)
-    assert [r.key for r in records] == ["cc-1", "cc-2", "cc-k_3", "cc-4"]
-    assert [r.caption for r in records] == ["a cat", "a dog", "a car", "a cup"]
-    assert records[0].image_path == str(tmp_path / "imgs" / "a.jpg")
-    assert records[1].image_path == "/abs/b.jpg"
-    assert all(r.kind == "image_text" and not r.has_boxes for r in records)
-
-
-@pytest.mark.parametrize(
-    "row, reason",
-    [
-        ({"image": "a.jpg", "caption": ""}, "empty caption"),
-        ({"image": "a.jpg"}, "missing caption"),
-        ({"caption": "a cat"}, "missing image path"),
-        (
-            {"url": "https://x.org/a.jpg", "caption": "a cat"},
-            "remote image URL (download it first, e.g. with img2dataset)",
-        ),
-    ],
-)
-def test_bad_image_text_row_is_rejected(tmp_path, row, reason):
-    path = write_jsonl(tmp_path / "pairs.jsonl", [{"image": "ok.jpg", "caption": "ok"}, row])
-    items, records, rejections = read_all(source("cc", "jsonl", [path]), tmp_path)
-    assert len(items) == 2 and rejections == {"cc-2": reason}
-
-
-def test_image_text_vocabulary_labels_each_caption_with_the_names_it_mentions(tmp_path):
-    rows = [
-        {"image": "a.jpg", "caption": "an image showing a red circle and two blue stars on a textured background."},
-        {"image": "b.jpg", "caption": "a picture of a circle"},
-        {"image": "c.jpg", "caption": "a green heart and nothing else"},
-    ]
-    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    (tmp_path / "names.txt").write_text("red circle\nblue star\ncircle\n")
-    config = source("cc", "jsonl", [path], kind="image_text")
-    config.vocabulary = "names.txt"
-    items, records, rejections = read_all(config, tmp_path)
-    assert [r.caption_labels() for r in records] == [["red circle", "blue star"], ["circle"]]
-    first = records[0]
-    assert [(p.text, [first.caption[a:b] for a, b in p.spans], p.box_indices) for p in first.phrases] == [
-        ("red circle", ["red circle"], []),
-        ("blue star", ["blue stars"], []),
-    ]
-    assert len(items) == 3 and rejections == {"cc-3": "caption names no vocabulary name"}
-
-
-def test_image_text_without_vocabulary_falls_back_to_caption_phrases(tmp_path):
-    path = write_jsonl(tmp_path / "pairs.jsonl", [{"image": "a.jpg", "caption": "a photo of a red circle and a dog"}])
-    (record,) = iter_source(source("cc", "jsonl", [path], kind="image_text"), tmp_path)
-    assert record.phrases == [] and record.caption_labels() == ["red circle", "dog"]
-
-
-def test_vocabulary_on_a_detection_source_or_a_missing_file_is_a_config_error(tmp_path):
-    path = write_jsonl(tmp_path / "pairs.jsonl", [{"image": "a.jpg", "caption": "a cat"}])
-    config = source("cc", "jsonl", [path], kind="image_text")
-    config.vocabulary = "missing.txt"
-    with pytest.raises(OvdetError, match="missing.txt: vocabulary file not found"):
-        list(iter_source(config, tmp_path))
-    coco = source("c", "coco", [write_coco(tmp_path / "c.json", [], [])])
-    coco.vocabulary = "names.txt"
-    with pytest.raises(OvdetError, match="source 'c': 'vocabulary' applies to image_text sources only"):
-        list(iter_source(coco, tmp_path))
-
-
-def test_malformed_image_text_jsonl_names_file_and_line(tmp_path):
-    path = tmp_path / "pairs.jsonl"
-    path.write_text('{"image": "a.jpg", "caption": "x"}\n{oops}\n')
-    with pytest.raises(OvdetError, match=r"pairs\.jsonl:2: invalid JSON"):
-        list(iter_source(source("cc", "jsonl", [path]), tmp_path))
-
-
-def test_image_text_parquet_rows_become_records(tmp_path):
-    rows = [{"image": f"{i}.jpg", "caption": f"caption {i}"} for i in range(3)] + [
-        {"image": "x.jpg", "caption": ""}
-    ]
-    path = write_parquet(tmp_path / "pairs.parquet", rows)
-    items, records, rejections = read_all(source("pq", "parquet", [path]), tmp_path)
-    assert [r.key for r in records] == ["pq-0", "pq-1", "pq-2"]
-    assert records[2].caption == "caption 2" and records[2].image_path == str(tmp_path / "2.jpg")
-    assert rejections == {"pq-3": "empty caption"}
-
-
-def test_webdataset_tars_become_records_that_point_into_the_tar(tmp_path):
-    samples = [
-        {"__key__": "000000000", "jpg": jpeg_bytes(), "txt": "a cat", "json": '{"url": "http://x/a.jpg"}'},
-        {"__key__": "000000001", "jpg": jpeg_bytes(), "json": '{"caption": "a dog"}'},
-        {"__key__": "000000002", "txt": "no image"},
-        {"__key__": "000000003", "jpg": jpeg_bytes()},
-    ]
-    write_wds_tar(tmp_path / "shards" / "00000.tar", samples)
-    src = source("laion", "wds", ["shards/*.tar"], kind="image_text")
-    items, records, rejections = read_all(src, tmp_path)
-    assert len(items) == 4
-    assert [(r.key, r.caption) for r in records] == [
-        ("laion-000000000", "a cat"),
-        ("laion-000000001", "a dog"),
-    ]
-    where = records[0].meta["image_bytes_from"]
-    assert where["tar"] == str(tmp_path / "shards" / "00000.tar") and where["member"] == "000000000.jpg"
-    assert records[0].meta["url"] == "http://x/a.jpg"
-    assert rejections == {"laion-000000002": "no image in sample", "laion-000000003": "missing caption"}
+    assert_counts_balance(items, images=len(images), boxes=len(annotations))
 
 
 def test_unknown_format_is_a_config_error(tmp_path):
     with pytest.raises(OvdetError, match="unknown format"):
         list(iter_source(source("x", "tfrecord", ["a"]), tmp_path))
-
-
-def test_webdataset_record_loads_its_image_from_the_tar(tmp_path):
-    image = jpeg_bytes(20, 10)
-    write_wds_tar(
-        tmp_path / "a.tar", [{"jpg": jpeg_bytes(8, 8), "txt": "first"}, {"jpg": image, "txt": "second"}]
-    )
-    records = list(iter_source(source("w", "wds", ["a.tar"]), tmp_path))
-    data, record = load_image(records[1])
-    assert data == image and (record.width, record.height) == (20, 10)
-    assert records[1].meta["image_bytes_from"]["size"] == len(image)
-
-
-def test_compressed_webdataset_tar_is_read_by_member_name(tmp_path):
-    image = jpeg_bytes(20, 10)
-    plain = write_wds_tar(tmp_path / "a.tar", [{"jpg": image, "txt": "a cat"}])
-    (tmp_path / "a.tar.gz").write_bytes(gzip.compress(plain.read_bytes(), mtime=0))
-    (record,) = iter_source(source("w", "wds", ["a.tar.gz"]), tmp_path)
-    assert "offset" not in record.meta["image_bytes_from"]
-    assert load_image(record)[0] == image
-
-
-def test_bad_webdataset_sample_json_is_rejected(tmp_path):
-    write_wds_tar(tmp_path / "a.tar", [{"jpg": jpeg_bytes(), "json": "{nope"}])
-    _, _, rejections = read_all(source("w", "wds", ["a.tar"]), tmp_path)
-    assert rejections == {"w-000000000": "invalid JSON in sample .json"}
-
-
-def test_unreadable_tar_is_a_file_error(tmp_path):
-    (tmp_path / "a.tar").write_bytes(b"not a tar at all" * 100)
-    with pytest.raises(OvdetError, match=r"a\.tar: cannot read tar"):
-        list(iter_source(source("w", "wds", ["a.tar"]), tmp_path))

@@ -24,7 +24,7 @@ from typing import Any
 from ovdet.config import SourceConfig
 from ovdet.data.captions import match_vocabulary_spans
 from ovdet.data.records import Phrase, Record
-from ovdet.errors import OvdetError, RecordError
+from ovdet.errors import AnnotationError, OvdetError, RecordError
 
 # Readers are imported on first use: pyarrow is loaded only for parquet sources.
 READERS = {
@@ -37,11 +37,15 @@ READERS = {
 }
 
 
-def iter_source(source: SourceConfig, root: Path) -> Iterator[Record | RecordError]:
-    """Yield a ``Record`` or ``RecordError`` per input record of ``source``, in file order.
+def iter_source(
+    source: SourceConfig, root: Path, categories: dict[int, dict[str, Any]] | None = None
+) -> Iterator[Record | RecordError]:
+    """Yield a ``Record`` or ``RecordError`` per input record of ``source``, in file order, and an
+    ``AnnotationError`` (a ``RecordError``) per annotation dropped from a record that is kept.
 
     Paths and the image root are resolved against ``root`` when relative. A key seen twice
     (after sanitizing) is rejected as ``"duplicate key"`` so keys stay unique in the shards.
+    ``categories``, when given, receives a ``coco`` source's category table (by id).
     """
     if source.format not in READERS:
         raise OvdetError(f"source {source.name!r}: unknown format {source.format!r}")
@@ -49,10 +53,11 @@ def iter_source(source: SourceConfig, root: Path) -> Iterator[Record | RecordErr
     reader = getattr(importlib.import_module(module_name), function_name)
     names = caption_vocabulary(source, Path(root))
     seen_keys: set[str] = set()
-    for item in reader(source, Path(root)):
+    extra = {"categories": categories} if categories is not None and source.format == "coco" else {}
+    for item in reader(source, Path(root), **extra):
         if isinstance(item, Record):
             if item.key in seen_keys:
-                item = RecordError(item.key, "duplicate key")
+                item = RecordError(item.key, "duplicate key", boxes=len(item.boxes))
             else:
                 seen_keys.add(item.key)
                 item = label_caption(item, names) if names else item
@@ -89,9 +94,35 @@ class BadRecord(Exception):
         self.reason = reason
 
 
-def make_key(source_name: str, original_id: Any) -> str:
-    """Tar-safe unique key ``"{source}-{id}"``: every character outside [A-Za-z0-9_-] becomes ``_``."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{source_name}-{original_id}")
+def with_dropped(
+    record: Record, dropped: list[AnnotationError], annotated: int
+) -> list[Record | RecordError]:
+    """What a reader yields for one record: its dropped annotations, then the record, or, when
+    it had annotations and none is valid, a rejection (an image whose every object lost its box
+    would teach that those objects are background)."""
+    if annotated and not record.boxes:
+        return [*dropped, RecordError(record.key, f"no valid annotation left ({len(dropped)} invalid)")]
+    return [*dropped, record]
+
+
+def make_key(source_name: str, original_id: Any, file_tag: str = "") -> str:
+    """Tar-safe unique key ``"{source}-{id}"``, or ``"{source}-{file_tag}-{id}"`` for a source read
+    from several files (``file_tags``): every character outside [A-Za-z0-9_-] becomes ``_``."""
+    key = f"{source_name}-{file_tag}-{original_id}" if file_tag else f"{source_name}-{original_id}"
+    return re.sub(r"[^A-Za-z0-9_-]", "_", key)
+
+
+def file_tags(files: list[Path]) -> dict[Path, str]:
+    """The part of the key that tells a source's files apart: "" when there is one file, else each
+    file's stem (its parent folder's name too when two stems are equal), because published sets
+    number their images from 0 in every file (MDETR's GoldG files, Objects365's patches)."""
+    if len(files) == 1:
+        return {files[0]: ""}
+    stems = [f.name.split(".")[0] for f in files]
+    return {
+        f: f"{f.parent.name}_{stem}" if stems.count(stem) > 1 else stem
+        for f, stem in zip(files, stems, strict=True)
+    }
 
 
 def resolve(path: str, root: Path) -> Path:
@@ -136,8 +167,17 @@ def read_json(path: Path) -> Any:
         raise OvdetError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
+class BadLine:
+    """A JSONL line that does not parse: ``read_jsonl`` yields it in place of the value."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, value)`` per non-blank line; a bad line is ``OvdetError("path:line: ...")``."""
+    """Yield ``(line_number, value)`` per non-blank line; a line that does not parse yields a
+    ``BadLine`` (the reader rejects that one record: ``line_error``). Only a file that cannot be
+    read at all is fatal (``OvdetError``)."""
     try:
         with open(path, "rb") as handle:
             for line_number, raw in enumerate(handle, start=1):
@@ -146,22 +186,38 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 try:
                     yield line_number, json.loads(raw)
                 except json.JSONDecodeError as exc:
-                    raise OvdetError(f"{path}:{line_number}: invalid JSON: {exc.msg}") from None
+                    yield line_number, BadLine(f"invalid JSON: {exc.msg}")
                 except UnicodeDecodeError as exc:
-                    raise OvdetError(f"{path}:{line_number}: invalid UTF-8: {exc.reason}") from None
+                    yield line_number, BadLine(f"invalid UTF-8: {exc.reason}")
     except OSError as exc:
         raise OvdetError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
+def line_error(path: Path, line_number: int, bad: BadLine) -> RecordError:
+    """The rejection of a line that does not parse: its record id is ``path:line``."""
+    return RecordError(f"{path}:{line_number}", bad.reason)
+
+
 def image_size(width: Any, height: Any) -> tuple[int, int]:
-    """The annotated image size as positive ints; ``BadRecord`` when missing or invalid."""
+    """The annotated image size as positive ints; ``BadRecord`` when missing or invalid.
+
+    Integer strings (``"500"``) are accepted: MDETR's Flickr30k files store sizes that way.
+    """
     if width is None or height is None:
         raise BadRecord("image size missing")
-    if not is_number(width) or not is_number(height) or width <= 0 or height <= 0:
+    size = as_integer(width), as_integer(height)
+    if size[0] is None or size[1] is None or size[0] <= 0 or size[1] <= 0:
         raise BadRecord(f"invalid image size {width}x{height}")
-    if width != int(width) or height != int(height):
-        raise BadRecord(f"invalid image size {width}x{height}")
-    return int(width), int(height)
+    return size
+
+
+def as_integer(value: Any) -> int | None:
+    """``value`` as an int when it is an integral number or an integer string, else None."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    if is_number(value) and math.isfinite(value) and value == int(value):
+        return int(value)
+    return None
 
 
 def is_number(value: Any) -> bool:

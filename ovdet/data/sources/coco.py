@@ -1,8 +1,10 @@
 """COCO-style detection JSON: COCO, LVIS v1, Objects365.
 
 One record per entry of ``images`` (file order), with its annotations as boxes (COCO ``xywh``
-converted to absolute ``xyxy``). Annotations whose ``image_id`` names no image come out as
-``RecordError("annotation {id}", ...)`` after the images, so every input is counted.
+converted to absolute ``xyxy``). An invalid annotation is dropped on its own and reported as an
+``AnnotationError`` (image key, annotation id, reason); the image is kept while a valid box
+remains. Annotations that name no image or repeat an id come out after the images, so every
+box is counted. ``iscrowd`` or ``ignore: 1`` make a crowd box.
 
 LVIS extras: ``neg_category_ids`` become ``Record.negatives`` (names);
 ``not_exhaustive_category_ids`` go to ``meta`` (ids and names); the category ``frequency``
@@ -22,26 +24,43 @@ from ovdet.data.records import Record
 from ovdet.data.sources import (
     BadRecord,
     check_box,
+    file_tags,
     image_root,
     image_size,
     input_files,
     make_key,
     read_json,
+    with_dropped,
     xywh_to_xyxy,
 )
-from ovdet.errors import OvdetError, RecordError
+from ovdet.errors import AnnotationError, OvdetError, RecordError
 
-# (key, source name, image entry, its annotations, categories by id, image root) -> Record
+# An annotation with the label naming it in reasons (its id, or "#index" when it has none).
+Labelled = tuple[str, dict[str, Any]]
+# (key, source name, image entry, its annotations, categories by id, image root)
+#   -> the dropped annotations and then the record (or its rejection)
 RecordBuilder = Callable[
-    [str, str, dict[str, Any], list[dict[str, Any]], dict[int, dict[str, Any]], Path], Record
+    [str, str, dict[str, Any], list[Labelled], dict[int, dict[str, Any]], Path], list[Record | RecordError]
 ]
 
 
-def read_coco(source: SourceConfig, root: Path) -> Iterator[Record | RecordError]:
-    """Records of every COCO JSON in ``source.paths``, images read from ``source.image_root``."""
+def read_coco(
+    source: SourceConfig, root: Path, categories: dict[int, dict[str, Any]] | None = None
+) -> Iterator[Record | RecordError]:
+    """Records of every COCO JSON in ``source.paths``, images read from ``source.image_root``.
+
+    ``categories``, when given, is filled with the files' category tables (by id, first file
+    wins), so the shard manifest gets them without parsing a 1 GB LVIS file twice.
+    """
     images_dir = image_root(source, root)
-    for path in input_files(source, root):
-        yield from read_coco_file(path, source.name, images_dir)
+    files = input_files(source, root)
+    tags = file_tags(files)
+    for path in files:
+        data = load_coco_json(path)
+        table = category_table(path, data)
+        if categories is not None:
+            categories.update({k: v for k, v in table.items() if k not in categories})
+        yield from read_coco_data(path, data, table, source.name, images_dir, file_tag=tags[path])
 
 
 def read_coco_categories(path: str | Path) -> list[dict[str, Any]]:
@@ -51,18 +70,38 @@ def read_coco_categories(path: str | Path) -> list[dict[str, Any]]:
 
 
 def read_coco_file(
-    path: Path, source_name: str, images_dir: Path, build_record: RecordBuilder | None = None
+    path: Path, source_name: str, images_dir: Path, build_record: RecordBuilder | None = None, file_tag: str = ""
 ) -> Iterator[Record | RecordError]:
-    """Records of one COCO-layout file; ``build_record`` turns one image and its annotations into a
-    ``Record`` (default ``coco_record``; the MDETR reader passes its own)."""
-    build_record = build_record or coco_record
+    """Records of one COCO-layout file (see ``read_coco_data``)."""
     data = load_coco_json(path)
-    categories = category_table(path, data)
-    by_image, orphans = group_annotations(data.get("annotations") or [], data["images"])
+    yield from read_coco_data(path, data, category_table(path, data), source_name, images_dir, build_record, file_tag)
+
+
+def read_coco_data(
+    path: Path,
+    data: dict[str, Any],
+    categories: dict[int, dict[str, Any]],
+    source_name: str,
+    images_dir: Path,
+    build_record: RecordBuilder | None = None,
+    file_tag: str = "",
+) -> Iterator[Record | RecordError]:
+    """Records of one parsed COCO-layout file; ``build_record`` turns one image and its annotations
+    into the record and its dropped annotations (default ``coco_record``; MDETR passes its own).
+
+    Per image: a rejection, or its dropped annotations then its record. After the images: the
+    annotations that name no image, and repeated annotation ids (each an ``AnnotationError``).
+    """
+    build_record = build_record or coco_record
+
+    def key_of(image_id: Any) -> str:
+        return make_key(source_name, image_id, file_tag)
+
+    by_image, dropped = group_annotations(path, data.get("annotations") or [], data["images"], key_of)
     seen_ids: set[Any] = set()
     for index, image in enumerate(data["images"]):
         image_id = image.get("id") if isinstance(image, dict) else None
-        key = make_key(source_name, image_id if is_id(image_id) else f"image{index}")
+        key = key_of(image_id if is_id(image_id) else f"image{index}")
         if not is_id(image_id):
             yield RecordError(key, f"image entry {index} has no valid id")
         elif image_id in seen_ids:
@@ -71,11 +110,10 @@ def read_coco_file(
             seen_ids.add(image_id)
             annotations = by_image.get(image_id, [])
             try:
-                item = build_record(key, source_name, image, annotations, categories, images_dir)
+                yield from build_record(key, source_name, image, annotations, categories, images_dir)
             except BadRecord as exc:
-                item = RecordError(key, exc.reason)
-            yield item
-    yield from orphans
+                yield RecordError(key, exc.reason, boxes=len(annotations))
+    yield from dropped
 
 
 def load_coco_json(path: Path) -> dict[str, Any]:
@@ -106,34 +144,41 @@ def is_id(value: Any) -> bool:
 
 
 def group_annotations(
-    annotations: list[Any], images: list[Any]
-) -> tuple[dict[Any, list[dict[str, Any]]], list[RecordError]]:
-    """Annotations by image id (file order) and one ``RecordError`` per annotation with no image."""
+    path: Path, annotations: list[Any], images: list[Any], key_of: Callable[[Any], str]
+) -> tuple[dict[Any, list[Labelled]], list[AnnotationError]]:
+    """Annotations by image id (file order), and the dropped ones: not an object, naming no image,
+    or repeating an annotation id already seen in the file (the first one is kept)."""
     image_ids = {image.get("id") for image in images if isinstance(image, dict) and is_id(image.get("id"))}
-    by_image: dict[Any, list[dict[str, Any]]] = {}
-    orphans: list[RecordError] = []
+    by_image: dict[Any, list[Labelled]] = {}
+    dropped: list[AnnotationError] = []
+    seen_ids: set[Any] = set()
     for index, annotation in enumerate(annotations):
         if not isinstance(annotation, dict):
-            orphans.append(RecordError(f"annotation #{index}", "annotation is not an object"))
+            dropped.append(AnnotationError(str(path), f"#{index}", "annotation is not an object"))
             continue
-        record_id = f"annotation {annotation.get('id', f'#{index}')}"
+        annotation_id = annotation.get("id")
+        label = str(annotation_id) if is_id(annotation_id) else f"#{index}"
         image_id = annotation.get("image_id")
         if not is_id(image_id) or image_id not in image_ids:
-            orphans.append(RecordError(record_id, f"image id {image_id} not found"))
-            continue
-        by_image.setdefault(image_id, []).append(annotation)
-    return by_image, orphans
+            dropped.append(AnnotationError(str(path), label, f"image id {image_id} not found"))
+        elif is_id(annotation_id) and annotation_id in seen_ids:
+            dropped.append(AnnotationError(key_of(image_id), label, f"duplicate annotation id {annotation_id}"))
+        else:
+            seen_ids.add(annotation_id)
+            by_image.setdefault(image_id, []).append((label, annotation))
+    return by_image, dropped
 
 
 def coco_record(
     key: str,
     source_name: str,
     image: dict[str, Any],
-    annotations: list[dict[str, Any]],
+    annotations: list[Labelled],
     categories: dict[int, dict[str, Any]],
     images_dir: Path,
-) -> Record:
-    """Build the record of one image; ``BadRecord`` on the first invalid annotation."""
+) -> list[Record | RecordError]:
+    """The record of one image after its dropped annotations; ``BadRecord`` when the image itself
+    is invalid (size, file name, LVIS label lists)."""
     width, height = image_size(image.get("width"), image.get("height"))
     record = Record(
         key=key,
@@ -144,17 +189,24 @@ def coco_record(
         height=height,
         meta={"image_id": image["id"], "clipped_boxes": 0},
     )
-    for annotation in annotations:
-        add_annotation(record, annotation, categories)
+    add_lvis_labels(record, image, categories)
+    dropped = []
+    for label, annotation in annotations:
+        try:
+            add_annotation(record, label, annotation, categories)
+        except BadRecord as exc:
+            dropped.append(AnnotationError(key, label, exc.reason))
     frequencies = [categories[c].get("frequency") for c in record.category_ids]
     if any(f is not None for f in frequencies):
         record.meta["frequency"] = frequencies
-    add_lvis_labels(record, image, categories)
-    return record
+    return with_dropped(record, dropped, len(annotations))
 
 
-def add_annotation(record: Record, annotation: dict[str, Any], categories: dict[int, dict[str, Any]]) -> None:
-    what = f"annotation {annotation.get('id')}"
+def add_annotation(
+    record: Record, label: str, annotation: dict[str, Any], categories: dict[int, dict[str, Any]]
+) -> None:
+    """Append one valid annotation's box; ``BadRecord`` (nothing appended) when it is invalid."""
+    what = f"annotation {label}"
     category_id = annotation.get("category_id")
     if not isinstance(category_id, int) or category_id not in categories:
         raise BadRecord(f"{what} has unknown category id {category_id}")
@@ -162,7 +214,7 @@ def add_annotation(record: Record, annotation: dict[str, Any], categories: dict[
     record.boxes.append(box)
     record.category_ids.append(category_id)
     record.category_names.append(categories[category_id]["name"])
-    record.is_crowd.append(int(bool(annotation.get("iscrowd", 0))))
+    record.is_crowd.append(crowd_flag(annotation))
     record.meta["clipped_boxes"] += int(was_clipped)
     # COCO's area (segment pixels) decides the small/medium/large ranges: keep it for evaluation.
     area = annotation.get("area")
@@ -170,8 +222,16 @@ def add_annotation(record: Record, annotation: dict[str, Any], categories: dict[
     record.meta.setdefault("areas", []).append(float(area) if has_area else (box[2] - box[0]) * (box[3] - box[1]))
 
 
+def crowd_flag(annotation: dict[str, Any]) -> int:
+    """1 for a crowd region (``iscrowd``) or an ignored one (``ignore: 1``, Objects365 / CrowdHuman
+    / mmdetection's ``ignore_flag``): neither is a positive to match nor a negative to suppress."""
+    return int(any(bool(annotation.get(flag, 0)) for flag in ("iscrowd", "ignore", "ignore_flag")))
+
+
 def add_lvis_labels(record: Record, image: dict[str, Any], categories: dict[int, dict[str, Any]]) -> None:
     """LVIS federated labels: names known absent, and categories not exhaustively annotated."""
+    if "neg_category_ids" in image or "not_exhaustive_category_ids" in image:
+        record.meta["federated"] = True  # the loader samples negatives from verified names only
     negative_ids = category_ids(image, "neg_category_ids", categories)
     if negative_ids is not None:
         record.negatives = [categories[c]["name"] for c in negative_ids]

@@ -4,8 +4,9 @@ COCO layout where each image carries a ``caption`` and each annotation carries
 ``tokens_positive``: ``[[start, end], ...]`` character spans into that caption. One grounding
 record per image; each box is named by the caption text of its spans (joined by a space),
 boxes with the same span set share one ``Phrase``. Category ids are -1 (MDETR's single
-"object" category carries no meaning). Duplicate image ids and orphan annotations are handled as
-in ``coco``.
+"object" category carries no meaning). Invalid annotations, duplicate ids and orphan annotations
+are handled as in ``coco``; sizes may be integer strings (the Flickr30k files store
+``"height": "500"``).
 """
 
 from __future__ import annotations
@@ -17,38 +18,44 @@ from typing import Any
 from ovdet.config import SourceConfig
 from ovdet.data.records import Record
 from ovdet.data.sources import (
+    BadRecord,
     check_box,
     check_caption,
     check_spans,
+    file_tags,
     group_phrases,
     image_root,
     image_size,
     input_files,
     span_text,
+    with_dropped,
     xywh_to_xyxy,
 )
-from ovdet.data.sources.coco import image_file_name, read_coco_file
-from ovdet.errors import RecordError
+from ovdet.data.sources.coco import Labelled, crowd_flag, image_file_name, read_coco_file
+from ovdet.errors import AnnotationError, RecordError
 
 KEPT_IMAGE_FIELDS = ("dataset_name", "original_img_id", "original_id", "sentence_id")
 
 
 def read_mdetr(source: SourceConfig, root: Path) -> Iterator[Record | RecordError]:
-    """Grounding records of every MDETR JSON in ``source.paths``."""
+    """Grounding records of every MDETR JSON in ``source.paths``; several files (GoldG's mixed +
+    Flickr files, each numbering images from 0) are told apart by the file's stem in the key."""
     images_dir = image_root(source, root)
-    for path in input_files(source, root):
-        yield from read_coco_file(path, source.name, images_dir, build_record=mdetr_record)
+    files = input_files(source, root)
+    tags = file_tags(files)
+    for path in files:
+        yield from read_coco_file(path, source.name, images_dir, build_record=mdetr_record, file_tag=tags[path])
 
 
 def mdetr_record(
     key: str,
     source_name: str,
     image: dict[str, Any],
-    annotations: list[dict[str, Any]],
+    annotations: list[Labelled],
     categories: dict[int, dict[str, Any]],
     images_dir: Path,
-) -> Record:
-    """The grounding record of one captioned image; ``BadRecord`` on the first invalid annotation.
+) -> list[Record | RecordError]:
+    """The grounding record of one captioned image after its dropped annotations.
 
     ``categories`` is unused: MDETR names boxes by their caption spans.
     """
@@ -65,19 +72,25 @@ def mdetr_record(
         meta={"image_id": image["id"], "clipped_boxes": 0},
     )
     record.meta.update({k: image[k] for k in KEPT_IMAGE_FIELDS if k in image})
-    box_spans = [add_grounded_box(record, annotation) for annotation in annotations]
+    box_spans, dropped = [], []
+    for label, annotation in annotations:
+        try:
+            box_spans.append(add_grounded_box(record, label, annotation))
+        except BadRecord as exc:
+            dropped.append(AnnotationError(key, label, exc.reason))
     record.phrases = group_phrases(caption, box_spans)
-    return record
+    return with_dropped(record, dropped, len(annotations))
 
 
-def add_grounded_box(record: Record, annotation: dict[str, Any]) -> list[tuple[int, int]]:
-    """Append the annotation's box named by its caption spans; return the spans."""
-    what = f"annotation {annotation.get('id')}"
+def add_grounded_box(record: Record, label: str, annotation: dict[str, Any]) -> list[tuple[int, int]]:
+    """Append the annotation's box named by its caption spans and return the spans; ``BadRecord``
+    (nothing appended) when the spans or the box are invalid."""
+    what = f"annotation {label}"
     spans = sorted(check_spans(what, annotation.get("tokens_positive"), record.caption))
     box, was_clipped = check_box(what, xywh_to_xyxy(annotation.get("bbox")), record.width, record.height)
     record.boxes.append(box)
     record.category_ids.append(-1)
     record.category_names.append(span_text(record.caption, spans))
-    record.is_crowd.append(int(bool(annotation.get("iscrowd", 0))))
+    record.is_crowd.append(crowd_flag(annotation))
     record.meta["clipped_boxes"] += int(was_clipped)
     return spans

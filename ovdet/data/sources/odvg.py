@@ -10,10 +10,13 @@ x2, y2], "label": int, "category": str}]}}`` -> kind ``detection``.
 Grounding line: ``{"filename", "height", "width", "grounding": {"caption": str, "regions":
 [{"bbox": [x1, y1, x2, y2] or a list of boxes, "phrase": str, "tokens_positive": [[s, e], ...]}]}}``
 -> kind ``grounding``, one ``Phrase`` per region, box names = phrase text, category ids -1.
+A line with both parts is one grounding record holding both (``odvg_items``). A malformed line is
+one rejected record (``path:line``); a bad box or region is dropped alone (``AnnotationError``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from typing import Any
 from ovdet.config import SourceConfig
 from ovdet.data.records import Phrase, Record
 from ovdet.data.sources import (
+    BadLine,
     BadRecord,
     check_box,
     check_caption,
@@ -28,11 +32,14 @@ from ovdet.data.sources import (
     image_root,
     image_size,
     input_files,
+    line_error,
     make_key,
     read_json,
     read_jsonl,
+    span_text,
+    with_dropped,
 )
-from ovdet.errors import OvdetError, RecordError
+from ovdet.errors import AnnotationError, OvdetError, RecordError
 
 
 def read_odvg(source: SourceConfig, root: Path) -> Iterator[Record | RecordError]:
@@ -45,12 +52,14 @@ def read_odvg(source: SourceConfig, root: Path) -> Iterator[Record | RecordError
     label_map = read_label_map(files[1]) if len(files) == 2 else {}
     images_dir = image_root(source, root)
     for line_number, line in read_jsonl(files[0]):
+        if isinstance(line, BadLine):
+            yield line_error(files[0], line_number, line)
+            continue
         key = make_key(source.name, line_number)
         try:
-            item = odvg_record(key, source.name, line, label_map, images_dir)
+            yield from odvg_items(key, source.name, line, label_map, images_dir)
         except BadRecord as exc:
-            item = RecordError(key, exc.reason)
-        yield item
+            yield RecordError(key, exc.reason, boxes=count_boxes(line))
 
 
 def read_label_map(path: Path) -> dict[int, str]:
@@ -64,41 +73,73 @@ def read_label_map(path: Path) -> dict[int, str]:
         raise OvdetError(f"{path}: label map keys must be integers") from None
 
 
-def odvg_record(key: str, source_name: str, line: Any, label_map: dict[int, str], images_dir: Path) -> Record:
+def odvg_items(
+    key: str, source_name: str, line: Any, label_map: dict[int, str], images_dir: Path
+) -> list[Record | RecordError]:
+    """The line's dropped boxes and regions, then its record; ``BadRecord`` for an invalid line.
+
+    A line with both ``detection`` and ``grounding`` (Open-GroundingDino's ``data_format.md``)
+    keeps both: a grounding record whose boxes are the instances (category ids and names) and
+    then the regions' boxes (phrases), with the caption.
+    """
     if not isinstance(line, dict):
         raise BadRecord("line is not a JSON object")
     if not isinstance(line.get("filename"), str) or not line["filename"]:
         raise BadRecord("missing filename")
     width, height = image_size(line.get("width"), line.get("height"))
+    detection, grounding = line.get("detection"), line.get("grounding")
+    if not isinstance(detection, dict) and not isinstance(grounding, dict):
+        raise BadRecord("neither a detection nor a grounding record")
     record = Record(
         key=key,
         source=source_name,
-        kind="detection",
+        kind="grounding" if isinstance(grounding, dict) else "detection",
         image_path=str(images_dir / line["filename"]),
         width=width,
         height=height,
         meta={"file_name": line["filename"], "clipped_boxes": 0},
     )
-    if isinstance(line.get("detection"), dict):
-        add_instances(record, line["detection"].get("instances"), label_map)
-    elif isinstance(line.get("grounding"), dict):
-        record.kind = "grounding"
-        add_regions(record, line["grounding"])
-    else:
-        raise BadRecord("neither a detection nor a grounding record")
-    return record
+    if isinstance(grounding, dict):
+        record.caption = check_caption(grounding.get("caption"))
+    dropped: list[AnnotationError] = []
+    annotated = 0
+    if isinstance(detection, dict):
+        annotated += add_instances(record, detection.get("instances"), label_map, dropped)
+    if isinstance(grounding, dict):
+        annotated += add_regions(record, grounding.get("regions"), dropped)
+    if isinstance(detection, dict) and isinstance(grounding, dict):
+        record.meta["odvg_parts"] = ["detection", "grounding"]
+    return with_dropped(record, dropped, annotated)
 
 
-def add_instances(record: Record, instances: Any, label_map: dict[int, str]) -> None:
+def count_boxes(line: Any) -> int:
+    """How many boxes an invalid line held (the box-level counts of a rejected line)."""
+    if not isinstance(line, dict):
+        return 0
+    instances = (line.get("detection") or {}).get("instances") if isinstance(line.get("detection"), dict) else None
+    regions = (line.get("grounding") or {}).get("regions") if isinstance(line.get("grounding"), dict) else None
+    count = len(instances) if isinstance(instances, list) else 0
+    if isinstance(regions, list):
+        count += sum(len(region_boxes(r.get("bbox"))) if isinstance(r, dict) else 1 for r in regions)
+    return count
+
+
+def add_instances(record: Record, instances: Any, label_map: dict[int, str], dropped: list[AnnotationError]) -> int:
+    """Append every valid detection instance; invalid ones go to ``dropped``. Returns how many there were."""
     if not isinstance(instances, list):
         raise BadRecord("detection.instances is not a list")
     for index, instance in enumerate(instances):
-        if not isinstance(instance, dict):
-            raise BadRecord(f"box {index} is not an object")
-        name = instance_name(f"box {index}", instance, label_map)
-        add_box(record, f"box {index}", instance.get("bbox"))
-        record.category_ids.append(instance["label"])
-        record.category_names.append(name)
+        what = f"box {index}"
+        try:
+            if not isinstance(instance, dict):
+                raise BadRecord(f"{what} is not an object")
+            name = instance_name(what, instance, label_map)
+            box, was_clipped = check_box(what, instance.get("bbox"), record.width, record.height)
+        except BadRecord as exc:
+            dropped.append(AnnotationError(record.key, what, exc.reason))
+            continue
+        append_box(record, box, was_clipped, instance["label"], name)
+    return len(instances)
 
 
 def instance_name(what: str, instance: dict[str, Any], label_map: dict[int, str]) -> str:
@@ -115,34 +156,68 @@ def instance_name(what: str, instance: dict[str, Any], label_map: dict[int, str]
     return instance["category"]
 
 
-def add_regions(record: Record, grounding: dict[str, Any]) -> None:
-    record.caption = check_caption(grounding.get("caption"))
-    regions = grounding.get("regions")
+def add_regions(record: Record, regions: Any, dropped: list[AnnotationError]) -> int:
+    """Append every valid region as a phrase with its valid boxes; a region without valid text or
+    spans is dropped with its boxes, a bad box of a region alone. Returns how many boxes there were."""
     if not isinstance(regions, list):
         raise BadRecord("grounding.regions is not a list")
+    total = 0
     for index, region in enumerate(regions):
-        if not isinstance(region, dict):
-            raise BadRecord(f"phrase {index} is not an object")
-        phrase_text = region.get("phrase")
-        if not isinstance(phrase_text, str) or not phrase_text:
-            raise BadRecord(f"phrase {index} has no text")
-        spans = region_spans(f"phrase {index}", region, record.caption)
+        what = f"phrase {index}"
+        boxes = region_boxes(region.get("bbox")) if isinstance(region, dict) else [None]
+        total += len(boxes)
+        try:
+            if not isinstance(region, dict):
+                raise BadRecord(f"{what} is not an object")
+            text, spans = region_text(what, region, record.caption)
+        except BadRecord as exc:
+            dropped.append(AnnotationError(record.key, what, exc.reason, boxes=len(boxes)))
+            continue
         first_box = len(record.boxes)
-        for box in region_boxes(region.get("bbox")):
-            add_box(record, f"box {len(record.boxes)}", box)
-            record.category_ids.append(-1)
-            record.category_names.append(phrase_text)
-        record.phrases.append(Phrase(phrase_text, spans, list(range(first_box, len(record.boxes)))))
+        for box_index, box in enumerate(boxes):
+            box_what = what if len(boxes) == 1 else f"{what} box {box_index}"
+            try:
+                checked, was_clipped = check_box(box_what, box, record.width, record.height)
+            except BadRecord as exc:
+                dropped.append(AnnotationError(record.key, box_what, exc.reason))
+                continue
+            append_box(record, checked, was_clipped, -1, text)
+        if len(record.boxes) > first_box:
+            record.phrases.append(Phrase(text, spans, list(range(first_box, len(record.boxes)))))
+    return total
 
 
-def region_spans(what: str, region: dict[str, Any], caption: str) -> list[tuple[int, int]]:
-    """``tokens_positive`` checked, or when absent the first occurrence of the phrase in the caption."""
+def region_text(what: str, region: dict[str, Any], caption: str) -> tuple[str, list[tuple[int, int]]]:
+    """The phrase text and its caption spans.
+
+    ``tokens_positive`` when present gives the spans; the text is ``phrase`` when it is a string,
+    else (mmdetection's ``goldg2odvg.py`` writes a list for a non-contiguous span) the caption
+    text of the spans. Without ``tokens_positive``, each part of ``phrase`` is found in the
+    caption in order.
+    """
+    phrase = region.get("phrase")
     if "tokens_positive" in region:
-        return check_spans(what, region["tokens_positive"], caption)
-    start = caption.find(region["phrase"])
-    if start < 0:
-        raise BadRecord(f"{what} is not in the caption and has no tokens_positive")
-    return [(start, start + len(region["phrase"]))]
+        spans = check_spans(what, region["tokens_positive"], caption)
+        text = phrase if isinstance(phrase, str) and phrase.strip() else span_text(caption, sorted(spans))
+        return text, spans
+    parts = [phrase] if isinstance(phrase, str) else phrase
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, str) and p.strip() for p in parts):
+        raise BadRecord(f"{what} has no text")
+    spans, start = [], 0
+    for part in parts:
+        found = find_words(caption, part, start)
+        if found < 0:
+            raise BadRecord(f"{what} is not in the caption and has no tokens_positive")
+        spans.append((found, found + len(part)))
+        start = found + len(part)
+    return " ".join(parts), spans
+
+
+def find_words(caption: str, text: str, start: int) -> int:
+    """Where ``text`` first occurs in ``caption`` from ``start`` as whole words ("a" is not the
+    "a" of "and"), else as any substring; -1 when absent."""
+    match = re.compile(rf"(?<!\w){re.escape(text)}(?!\w)").search(caption, start)
+    return match.start() if match else caption.find(text, start)
 
 
 def region_boxes(bbox: Any) -> list[Any]:
@@ -152,8 +227,9 @@ def region_boxes(bbox: Any) -> list[Any]:
     return [bbox]
 
 
-def add_box(record: Record, what: str, box: Any) -> None:
-    checked, was_clipped = check_box(what, box, record.width, record.height)
-    record.boxes.append(checked)
+def append_box(record: Record, box: list[float], was_clipped: bool, category_id: int, name: str) -> None:
+    record.boxes.append(box)
+    record.category_ids.append(category_id)
+    record.category_names.append(name)
     record.is_crowd.append(0)
     record.meta["clipped_boxes"] += int(was_clipped)
