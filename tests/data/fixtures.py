@@ -140,3 +140,42 @@ def source(
     return SourceConfig(
         name=name, kind=kind, format=format, paths=[str(p) for p in paths], image_root=str(image_root)
     )
+
+
+def img2dataset_row(key: str, url: str, caption: str, status: str, error: str | None = None):
+    """One row of img2dataset's output parquet: the columns it writes when ``caption_col`` is set."""
+    size = 32 if status == "success" else None
+    return {
+        "url": url,
+        "caption": caption,
+        "key": key,
+        "status": status,
+        "error_message": error,
+        "width": size,
+        "height": size,
+        "original_width": size,
+        "original_height": size,
+        "exif": "{}" if size else None,
+        "sha256": "0" * 64 if size else None,
+    }
+
+
+def corrupt_row_group(path: Path, group: int, column: str = "caption") -> None:
+    """Overwrite every byte of one column chunk of a row group (page headers included)."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(path).metadata
+    chunk = metadata.row_group(group).column(metadata.schema.names.index(column))
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start : start + chunk.total_compressed_size] = b"\xff" * chunk.total_compressed_size
+    path.write_bytes(bytes(data))
+
+
+def four_sample_tar(path: Path) -> tuple[int, int]:
+    """A good tar of 4 img2dataset samples (jpg + txt ``caption {i}``); returns the header and
+    data offsets of the 3rd sample's jpg member, where tests cut it."""
+    write_wds_tar(path, [{"jpg": jpeg_bytes(), "txt": f"caption {i}"} for i in range(4)])
+    with tarfile.open(path) as tar:
+        third_jpg = tar.getmember("000000002.jpg")
+    return third_jpg.offset, third_jpg.offset_data

@@ -1,106 +1,229 @@
 """Image-text pairs: JSONL, Parquet, and WebDataset tars written by img2dataset.
 
-JSONL / Parquet rows name a local image (``image`` | ``image_path`` | ``filepath`` | ``url``,
-first present wins; relative paths resolve against the image root) and a caption
-(``caption`` | ``text``). The key comes from the row's ``key`` or ``id`` when present, else
-from the row number (JSONL: line number, Parquet: 0-based row). Remote URLs are rejected:
-download them first (img2dataset) and read the tars with format ``wds``.
+JSONL / Parquet rows: column names match case-insensitively (LAION's ``URL`` / ``TEXT``), the
+first column present with a non-null value wins. The image is a local path (relative paths
+resolve against the image root) or a ``file://`` URL (img2dataset keeps the input URL, which for
+local files is ``file:///abs/a.jpg``); remote URLs are rejected: download them with img2dataset
+and read its tars with format ``wds``. A row whose img2dataset ``status`` is not ``success`` has
+no image and is rejected. The key comes from the row's ``key``, ``id`` or ``sample_id`` when
+present, else from the row number (JSONL: line number, Parquet: 0-based row). A line or row group
+that does not decode rejects its rows; only a file that cannot be opened is fatal.
 
 WebDataset tars: samples are consecutive members sharing a key (``KEY.jpg`` + ``KEY.txt``
 and/or ``KEY.json`` with ``"caption"``). The image stays in the tar:
 ``meta["image_bytes_from"] = {"tar", "member", "offset", "size"}`` (offset/size only for
 uncompressed tars) tells ``ovdet.data.images.load_image`` where to read it; ``image_path``
-is ``""``.
+is ``""``. A tar whose stream breaks keeps the samples before the break; the break is one
+rejection (record id: the tar's path), and reading goes on with the next file.
 """
 
 from __future__ import annotations
 
 import json
+import lzma
+import re
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from ovdet.config import SourceConfig
 from ovdet.data.records import Record
 from ovdet.data.sources import (
+    BadLine,
     BadRecord,
     check_caption,
+    file_tags,
     image_root,
     input_files,
+    line_error,
     make_key,
     read_jsonl,
     resolve,
 )
 from ovdet.errors import OvdetError, RecordError
 
-IMAGE_KEYS = ("image", "image_path", "filepath", "url")
-CAPTION_KEYS = ("caption", "text")
+# Local-path columns come before URL columns: a row with both is read from disk.
+IMAGE_COLUMNS = (
+    "image",
+    "image_path",
+    "filepath",
+    "file_path",
+    "path",
+    "file_name",
+    "filename",
+    "url",
+    "image_url",
+)
+CAPTION_COLUMNS = ("caption", "text", "txt", "alt_text", "alt")
+KEY_COLUMNS = ("key", "id", "sample_id")
+REMOTE_URL = "remote image URL (download it with img2dataset, then shard its tars with format wds)"
+URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# What a broken or corrupt (possibly compressed) tar stream raises while it is read.
+TAR_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 def read_image_text_jsonl(source: SourceConfig, root: Path) -> Iterator[Record | RecordError]:
-    """One image-text record per non-blank line of every JSONL in ``source.paths``."""
+    """One image-text record per non-blank line of every JSONL in ``source.paths``; a line that
+    does not parse is rejected with record id ``path:line``."""
     images_dir = image_root(source, root)
-    for path in input_files(source, root):
+    files = input_files(source, root)
+    tags = file_tags(files)
+    for path in files:
         for line_number, row in read_jsonl(path):
-            yield row_record(source.name, row, line_number, images_dir)
+            if isinstance(row, BadLine):
+                yield line_error(path, line_number, row)
+            else:
+                yield row_record(source.name, row, line_number, images_dir, tags[path])
 
 
 def read_image_text_parquet(source: SourceConfig, root: Path) -> Iterator[Record | RecordError]:
     """One image-text record per row of every Parquet file in ``source.paths``."""
+    images_dir = image_root(source, root)
+    files = input_files(source, root)
+    tags = file_tags(files)
+    for path in files:
+        for row_number, row in parquet_rows(path):
+            if isinstance(row, RecordError):
+                yield row
+            else:
+                yield row_record(source.name, row, row_number, images_dir, tags[path])
+
+
+def parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
+    """``(0-based row, row)`` per row of the file, read one row group at a time so a corrupt
+    group costs only its own rows. A file that is not Parquet raises ``OvdetError``."""
     import pyarrow.parquet as pq  # only parquet sources pay for pyarrow
 
-    images_dir = image_root(source, root)
-    for path in input_files(source, root):
-        try:
-            parquet = pq.ParquetFile(path)
-        except Exception as exc:  # pyarrow raises ArrowInvalid/OSError subclasses for bad files
-            raise OvdetError(f"{path}: cannot read Parquet: {exc}") from None
-        row_number = 0
-        for batch in parquet.iter_batches():
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError subclasses for bad files
+        raise OvdetError(f"{path}: cannot read Parquet: {one_line(exc)}") from None
+    first_row = 0
+    for group in range(parquet.num_row_groups):
+        yield from row_group_rows(parquet, path, group, first_row)
+        first_row += parquet.metadata.row_group(group).num_rows
+
+
+def row_group_rows(parquet: Any, path: Path, group: int, first_row: int) -> Iterator[tuple[int, Any]]:
+    """The rows of row group ``group``; from where it fails to decode, each remaining row (the
+    count is in the file's metadata) is ``RecordError("{path}:row {n}", ...)``."""
+    import pyarrow as pa
+
+    row_number = first_row
+    try:
+        for batch in parquet.iter_batches(row_groups=[group]):
             for row in batch.to_pylist():
-                yield row_record(source.name, row, row_number, images_dir)
+                yield row_number, row
                 row_number += 1
+    except (pa.ArrowException, OSError) as exc:
+        reason = f"cannot decode row group {group}: {one_line(exc)}"
+        end = first_row + parquet.metadata.row_group(group).num_rows
+        yield from ((n, RecordError(f"{path}:row {n}", reason)) for n in range(row_number, end))
 
 
-def row_record(source_name: str, row: Any, row_number: int, images_dir: Path) -> Record | RecordError:
-    row_id = first_present(row, ("key", "id")) if isinstance(row, dict) else None
-    key = make_key(source_name, row_id if isinstance(row_id, int | str) and row_id != "" else row_number)
+def one_line(exc: BaseException) -> str:
+    """An exception message on one line (pyarrow's span several)."""
+    return " ".join(str(exc).split())
+
+
+def row_record(
+    source_name: str, row: Any, row_number: int, images_dir: Path, file_tag: str = ""
+) -> Record | RecordError:
+    """The record of one JSONL line / Parquet row, or its rejection."""
+    columns = lowercase_columns(row) if isinstance(row, dict) else {}
+    row_id = columns.get(first_column(columns, KEY_COLUMNS))
+    original_id = row_id if isinstance(row_id, int | str) and row_id != "" else row_number
+    key = make_key(source_name, original_id, file_tag)
     try:
         if not isinstance(row, dict):
             raise BadRecord("row is not a JSON object")
-        image = first_present(row, IMAGE_KEYS)
-        if not isinstance(image, str) or not image:
-            raise BadRecord("missing image path")
-        if image.startswith(("http://", "https://")):
-            raise BadRecord("remote image URL (download it first, e.g. with img2dataset)")
-        caption = check_caption(first_present(row, CAPTION_KEYS))
+        check_status(columns)
+        image_path = resolve(local_path(row_image(columns)), images_dir)
+        caption = row_caption(columns)
     except BadRecord as exc:
         return RecordError(key, exc.reason)
     return Record(
         key=key,
         source=source_name,
         kind="image_text",
-        image_path=str(resolve(image, images_dir)),
+        image_path=str(image_path),
         caption=caption,
         meta={"row": row_number},
     )
 
 
-def first_present(row: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    for key in keys:
-        if row.get(key) is not None:
-            return row[key]
-    return None
+def lowercase_columns(row: dict[Any, Any]) -> dict[str, Any]:
+    """The row's non-null values by lowercased column name (of two spellings, the first wins)."""
+    columns: dict[str, Any] = {}
+    for name, value in row.items():
+        if value is not None:
+            columns.setdefault(str(name).lower(), value)
+    return columns
+
+
+def first_column(columns: dict[str, Any], names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` that the row has a value in."""
+    return next((name for name in names if name in columns), None)
+
+
+def check_status(columns: dict[str, Any]) -> None:
+    """img2dataset writes a row per input URL; only ``status == "success"`` rows have an image."""
+    status = columns.get("status")
+    if status is not None and status != "success":
+        message = columns.get("error_message")
+        raise BadRecord(f"img2dataset status {status}" + (f": {message}" if message else ""))
+
+
+def row_image(columns: dict[str, Any]) -> str:
+    """The value of the first image column present."""
+    name = first_column(columns, IMAGE_COLUMNS)
+    if name is None:
+        raise BadRecord(f"missing image path (looked for columns: {', '.join(IMAGE_COLUMNS)})")
+    if not isinstance(columns[name], str):
+        raise BadRecord("image path is not a string")
+    if not columns[name].strip():
+        raise BadRecord("empty image path")
+    return columns[name]
+
+
+def local_path(location: str) -> str:
+    """``location`` as a local path: a ``file://`` URL is percent-decoded; other URLs are rejected."""
+    scheme = URL_SCHEME.match(location)
+    if scheme is None:
+        return location
+    if scheme.group(1).lower() != "file":
+        raise BadRecord(REMOTE_URL)
+    url = urlsplit(location)
+    if url.netloc not in ("", "localhost"):
+        raise BadRecord(f"file URL on another host ({url.netloc})")
+    return url2pathname(url.path)
+
+
+def row_caption(columns: dict[str, Any]) -> str:
+    name = first_column(columns, CAPTION_COLUMNS)
+    if name is None:
+        raise BadRecord(f"missing caption (looked for columns: {', '.join(CAPTION_COLUMNS)})")
+    return check_caption(columns[name])
 
 
 def read_webdataset(source: SourceConfig, root: Path) -> Iterator[Record | RecordError]:
-    """One image-text record per sample of every tar in ``source.paths`` (globs allowed)."""
-    for path in input_files(source, root):
+    """One image-text record per sample of every tar in ``source.paths`` (globs allowed), plus one
+    rejection per tar whose stream breaks."""
+    files = input_files(source, root)
+    tags = file_tags(files)
+    for path in files:
         is_seekable = is_uncompressed_tar(path)
-        for sample_key, members in tar_samples(path):
-            key = make_key(source.name, sample_key)
+        for sample in tar_samples(path):
+            if isinstance(sample, RecordError):
+                yield sample
+                continue
+            sample_key, members = sample
+            key = make_key(source.name, sample_key, tags[path])
             try:
                 item = wds_record(key, source.name, path, members, is_seekable)
             except BadRecord as exc:
@@ -108,29 +231,67 @@ def read_webdataset(source: SourceConfig, root: Path) -> Iterator[Record | Recor
             yield item
 
 
-def tar_samples(path: Path) -> Iterator[tuple[str, dict[str, tarfile.TarInfo | bytes]]]:
-    """Group consecutive regular members by WebDataset key (the name up to the first dot of its basename).
-
-    Each sample maps extension to the image's ``TarInfo`` (left in the tar) or to the bytes of a
-    small member (``txt``, ``json``, ...).
-    """
+def tar_samples(path: Path) -> Iterator[tuple[str, dict[str, Any]] | RecordError]:
+    """``(key, members)`` per sample of the tar; where its stream breaks, one
+    ``RecordError(path, "cannot read tar after sample N: ...")`` ends it (a sample whose member
+    data is cut is part of the break). A tar that cannot be opened raises ``OvdetError``."""
     try:
-        with tarfile.open(path, "r:*") as tar:
-            current_key, members = "", {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                sample_key, extension = split_member_name(member.name)
-                if sample_key != current_key and members:
-                    yield current_key, members
-                    members = {}
-                current_key = sample_key
-                is_image = extension in IMAGE_EXTENSIONS
-                members[extension] = member if is_image else tar.extractfile(member).read()
-            if members:
-                yield current_key, members
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        tar = tarfile.open(path, "r:*")
+    except TAR_READ_ERRORS as exc:
         raise OvdetError(f"{path}: cannot read tar: {exc}") from None
+    with tar:
+        count = 0
+        try:
+            for sample in grouped_members(tar):
+                yield sample
+                count += 1
+        except TAR_READ_ERRORS as exc:
+            yield RecordError(str(path), f"cannot read tar after sample {count}: {exc}")
+
+
+def grouped_members(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Group consecutive regular members by WebDataset key (the name up to the first dot of its
+    basename). Each sample maps extension to the image's ``TarInfo`` (left in the tar), to the
+    bytes of a small member (``txt``, ``json``, ...), or to a ``BadRecord`` when those bytes
+    cannot be read. Raises where the stream breaks; the sample whose member data it cuts is not
+    yielded."""
+    current_key, members = "", {}
+    for member in tar:
+        if not member.isfile():
+            continue
+        sample_key, extension = split_member_name(member.name)
+        if sample_key != current_key and members:
+            yield current_key, members
+            members = {}
+        current_key = sample_key
+        members[extension] = member if extension in IMAGE_EXTENSIONS else member_bytes(tar, member)
+    if members:  # every member of it was read whole: a break after it is in a later header
+        yield current_key, members
+    check_archive_end(tar)
+
+
+def member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes | BadRecord:
+    try:
+        return tar.extractfile(member).read()
+    except TAR_READ_ERRORS as exc:
+        return BadRecord(f"cannot read member {member.name}: {exc}")
+
+
+def check_archive_end(tar: tarfile.TarFile) -> None:
+    """Raise ``tarfile.ReadError`` unless iteration stopped at the end-of-archive marker.
+
+    tarfile stops silently at a truncated or garbled header after the first one; the block where
+    it stopped tells a broken stream from a complete one.
+    """
+    tar.fileobj.seek(tar.offset)
+    block = tar.fileobj.read(tarfile.BLOCKSIZE)
+    if block == bytes(tarfile.BLOCKSIZE):
+        return
+    if not block:
+        raise tarfile.ReadError(f"no end-of-archive marker at byte {tar.offset} (file truncated?)")
+    if len(block) < tarfile.BLOCKSIZE:
+        raise tarfile.ReadError(f"truncated member header at byte {tar.offset}")
+    raise tarfile.ReadError(f"invalid member header at byte {tar.offset}")
 
 
 def is_uncompressed_tar(path: Path) -> bool:
@@ -148,6 +309,9 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 
 def wds_record(key: str, source_name: str, path: Path, members: dict[str, Any], is_seekable: bool) -> Record:
+    unreadable = next((m for m in members.values() if isinstance(m, BadRecord)), None)
+    if unreadable is not None:
+        raise unreadable
     image_extension = next((e for e in IMAGE_EXTENSIONS if e in members), None)
     if image_extension is None:
         raise BadRecord("no image in sample")
