@@ -77,6 +77,7 @@ def cmd_synth(args) -> int:
 
 def cmd_shard(args) -> int:
     from pipelines.shard import run_shard_stage
+    from pipelines.shard_report import format_summary, stage_problems
 
     cfg = resolve_config(args)
     if args.ray_address:
@@ -84,18 +85,14 @@ def cmd_shard(args) -> int:
     if maybe_print_config(args, cfg):
         return 0
     result = run_shard_stage(cfg.data, Path(args.out), dry_run=args.dry_run, overwrite=args.overwrite)
-    print_shard_summary(result)
-    return 0
-
-
-def print_shard_summary(result: dict) -> None:
-    for name, source in result["sources"].items():
-        if result.get("dry_run"):
-            print(f"{name:24s} {source['kind']:11s} read {source['read']:7d}  valid {source['valid_annotations']:7d}  "
-                  f"rejected {source['rejected_annotations']:6d}  shards {source['shards']}")
-        else:
-            print(f"{name:24s} {source['kind']:11s} read {source['read']:7d}  written {source['written']:7d}  "
-                  f"rejected {source['rejected']:6d}  shards {len(source['shards'])}")
+    print("\n".join(format_summary(result)))
+    problems = stage_problems(result, cfg.data.max_rejected_fraction)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems and not args.dry_run:
+        print(f"error: the shards were written; every rejection is in {Path(args.out) / 'rejected.jsonl'}",
+              file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_train(args) -> int:

@@ -38,6 +38,7 @@ def run_demo(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
     from ovdet.eval.evaluator import evaluate_model, make_validator
     from ovdet.train.trainer import run_training
     from pipelines.shard import run_shard_stage
+    from pipelines.shard_report import stage_problems
 
     run_dir = claim_run_dir(cfg, overwrite)
     timings: dict[str, float] = {}
@@ -46,7 +47,9 @@ def run_demo(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
         generate_world(cfg.synth, synth_dir)
     cfg.data.root = cfg.data.root or str(synth_dir.resolve())
     with timed(timings, "shard"):
-        run_shard_stage(cfg.data, run_dir / "shards")
+        problems = stage_problems(run_shard_stage(cfg.data, run_dir / "shards"), cfg.data.max_rejected_fraction)
+    if problems:
+        raise OvdetError("shard stage failed: " + "; ".join(problems))
     cfg.eval.gt = cfg.eval.gt or str(synth_dir / "eval.json")
     cfg.eval.vocab = cfg.eval.vocab or str(synth_dir / "vocab.yaml")
     cfg.eval.image_root = cfg.eval.image_root or str(synth_dir / "images")

@@ -4,7 +4,9 @@
 partitions the valid records deterministically into shards of ``samples_per_shard``, and runs
 one Ray task per shard that loads, validates and re-encodes images and writes the tar
 atomically. A finished shard leaves a ``.done.json`` sidecar (its checksum and a fingerprint of
-its inputs), so re-running the same command skips the shards already written.
+its records, settings and image files' size and mtime), so re-running the same command skips
+the shards already written and redoes those whose images changed or appeared (a restored
+image is retried). Counts and their checks are in ``pipelines/shard_report.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from ovdet.data.shards import (
     write_json_atomic,
     write_tar_atomic,
 )
-from ovdet.errors import OvdetError, RecordError
+from ovdet.errors import AnnotationError, OvdetError, RecordError
+from pipelines.shard_report import build_manifest, dry_run_summary, image_file_of, rejection_row
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,21 @@ class ShardPlan:
     settings: dict[str, int]
 
     def fingerprint(self) -> str:
-        payload = json.dumps([self.records, self.settings], sort_keys=True).encode()
+        """Records, settings and every image file's size and mtime: a shard is redone when any of
+        them changes, so restoring a missing image (or fixing a corrupt one) is picked up."""
+        files = [image_file_state(record) for record in self.records]
+        payload = json.dumps([self.records, self.settings, files], sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()
+
+
+def image_file_state(record: dict[str, Any]) -> list[Any]:
+    """``[path, size, mtime_ns]``, or ``[path, None, None]`` when the file cannot be stat'ed."""
+    path = image_file_of(record)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return [path, None, None]
+    return [path, stat.st_size, stat.st_mtime_ns]
 
 
 @dataclass
@@ -53,8 +69,11 @@ class SourcePlan:
     kind: str
     format: str
     weight: float
-    read: int = 0
-    rejected: list[dict[str, str]] = field(default_factory=list)
+    read: int = 0  # input records (images, lines, rows, tar samples)
+    boxes_read: int = 0  # annotated boxes in them, valid or not
+    boxes_rejected: int = 0  # boxes dropped alone or with their record while reading
+    rejected: list[dict[str, str]] = field(default_factory=list)  # record and annotation rejections
+    categories: list[dict[str, Any]] = field(default_factory=list)  # coco sources: the category table
     shards: list[ShardPlan] = field(default_factory=list)
 
 
@@ -79,12 +98,17 @@ def plan_shards(cfg: DataConfig, root: Path) -> list[SourcePlan]:
     for source in cfg.sources:
         plan = SourcePlan(source.name, source.kind, source.format, source.weight)
         records: list[dict[str, Any]] = []
-        for item in iter_source(source, root):
-            plan.read += 1
+        categories: dict[int, dict[str, Any]] = {}
+        for item in iter_source(source, root, categories=categories):
+            plan.read += not isinstance(item, AnnotationError)
             if isinstance(item, RecordError):
-                plan.rejected.append({"source": source.name, "record_id": item.record_id, "reason": item.reason})
+                plan.rejected.append(rejection_row(source.name, item))
+                plan.boxes_read += item.boxes
+                plan.boxes_rejected += item.boxes
             else:
                 records.append(record_to_plan_dict(item))
+                plan.boxes_read += len(item.boxes)
+        plan.categories = list(categories.values())
         size = cfg.samples_per_shard
         for index, start in enumerate(range(0, len(records), size)):
             path = f"{source.name}/{source.name}-{index:06d}.tar"
@@ -110,15 +134,17 @@ def write_shard(plan: ShardPlan, out_dir: str) -> dict[str, Any]:
     if previous and previous["fingerprint"] == fingerprint and target.exists():
         if sha256_file(target) == previous["sha256"]:
             return previous | {"skipped": True}
-    samples, rejected, names, clipped = [], [], [], 0
+    samples, rejected, names, clipped, boxes_rejected = [], [], [], 0, 0
     for data in plan.records:
+        data = dict(data)
         image_path = data.pop("image_path")
         record = Record.from_json(data)
         record.image_path = image_path
         try:
             jpeg, record = load_image(record, plan.settings["max_side"], plan.settings["quality"], plan.settings["max_pixels"])
         except RecordError as exc:
-            rejected.append({"source": plan.source, "record_id": exc.record_id, "reason": exc.reason})
+            rejected.append(rejection_row(plan.source, exc))
+            boxes_rejected += len(record.boxes)
             continue
         clipped += int(record.meta.get("clipped_boxes", 0))
         names.extend(names_of(record))
@@ -131,6 +157,8 @@ def write_shard(plan: ShardPlan, out_dir: str) -> dict[str, Any]:
         "sha256": sha256_file(target),
         "fingerprint": fingerprint,
         "rejected": rejected,
+        "boxes_written": sum(len(sample[2]["boxes"]) for sample in samples),
+        "boxes_rejected": boxes_rejected,
         "names": sorted(set(names)),
         "clipped_boxes": clipped,
     }
@@ -177,11 +205,18 @@ def run_shard_stage(
     return manifest
 
 
+# Settings of how the stage runs, not of what it writes: changing them never needs --overwrite.
+RUN_SETTINGS = ("ray_address", "num_cpus", "max_rejected_fraction")
+
+
 def check_output_folder(out_dir: Path, cfg: DataConfig, overwrite: bool) -> None:
     if not (out_dir / MANIFEST).exists() or overwrite:
         return
-    previous = read_manifest(out_dir).get("config")
-    if previous != to_dict(cfg):
+    previous = read_manifest(out_dir).get("config") or {}
+    current = to_dict(cfg)
+    if {k: v for k, v in previous.items() if k not in RUN_SETTINGS} != {
+        k: v for k, v in current.items() if k not in RUN_SETTINGS
+    }:
         raise OvdetError(f"{out_dir}: holds shards of a different data config; pass --overwrite to replace them")
 
 
@@ -211,28 +246,6 @@ def run_ray_tasks(shards: list[ShardPlan], out_dir: Path, cfg: DataConfig, progr
             ray.shutdown()
 
 
-def build_manifest(cfg: DataConfig, plans: list[SourcePlan], entries: dict[str, dict]) -> dict[str, Any]:
-    sources = {}
-    for plan in plans:
-        shard_entries = [entries[s.path] for s in plan.shards]
-        written = sum(e["count"] for e in shard_entries)
-        rejected = len(plan.rejected) + sum(len(e["rejected"]) for e in shard_entries)
-        sources[plan.name] = {
-            "kind": plan.kind,
-            "format": plan.format,
-            "weight": plan.weight,
-            "read": plan.read,
-            "written": written,
-            "rejected": rejected,
-            "clipped_boxes": sum(e["clipped_boxes"] for e in shard_entries),
-            "names": sorted({n for e in shard_entries for n in e["names"]}),
-            "shards": [{k: e[k] for k in ("path", "count", "bytes", "sha256")} for e in shard_entries],
-        }
-        if plan.read != written + rejected:
-            raise RuntimeError(f"source {plan.name}: read {plan.read} != written {written} + rejected {rejected}")
-    return {"version": 1, "config": to_dict(cfg), "sources": sources}
-
-
 def write_rejected(out_dir: Path, plans: list[SourcePlan], entries: dict[str, dict]) -> None:
     lines = []
     for plan in plans:
@@ -241,21 +254,3 @@ def write_rejected(out_dir: Path, plans: list[SourcePlan], entries: dict[str, di
     temp = out_dir / f".{REJECTED}.tmp-{os.getpid()}"
     temp.write_text("".join(line + "\n" for line in lines))
     os.replace(temp, out_dir / REJECTED)
-
-
-def dry_run_summary(plans: list[SourcePlan]) -> dict[str, Any]:
-    return {
-        "dry_run": True,
-        "sources": {
-            p.name: {
-                "kind": p.kind,
-                "read": p.read,
-                "valid_annotations": p.read - len(p.rejected),
-                "rejected_annotations": len(p.rejected),
-                "shards": len(p.shards),
-            }
-            for p in plans
-        },
-    }
-
-

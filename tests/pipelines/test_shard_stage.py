@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -245,6 +246,17 @@ def test_worked_examples_survive_the_shard_stage(every_format):
     assert manifest["sources"]["odvg-ground"]["names"] == ["a cat", "red balls"]
 
 
+def test_manifest_carries_the_category_table_and_box_counts(every_format):
+    _, _, manifest = every_format
+    coco = manifest["sources"]["coco"]
+    assert coco["categories"] == LVIS_CATEGORIES  # synonyms, definitions, frequency
+    assert "categories" not in manifest["sources"]["mdetr"]
+    assert (coco["boxes_read"], coco["boxes_written"], coco["boxes_rejected"]) == (3, 3, 0)
+    ground = manifest["sources"]["odvg-ground"]
+    assert (ground["boxes_read"], ground["boxes_written"], ground["boxes_rejected"]) == (3, 3, 0)
+    assert all(s["reasons"] == {} and s["annotations_dropped"] == 0 for s in manifest["sources"].values())
+
+
 def boxes_in_original_pixels(boxes_cxcywh, record: dict, image_size: int) -> np.ndarray:
     """Undo letterbox (scale 1, no flip): normalized cxcywh of the input -> xyxy of the original."""
     cx, cy, w, h = (boxes_cxcywh.numpy().astype(np.float64) * image_size).T
@@ -326,10 +338,13 @@ def write_every_bad_input(root: Path) -> DataConfig:
         coco_annotation(13, 13, [1, 1, 0, 5]),
         coco_annotation(14, 14, [5, 5, 4, -3]),
         coco_annotation(15, 15, [40, 30, 5, 5]),  # fully outside
-        coco_annotation(16, 16, [1, 1, 5, 5], category_id=99),
+        coco_annotation(16, 16, [1, 1, 5, 5], category_id=99),  # the image's only box: the image goes
         coco_annotation(17, 17, [1, 1, 5, 5], category_id=2),
         coco_annotation(99, 404, [1, 1, 5, 5]),  # orphan
+        coco_annotation(17, 17, [2, 2, 5, 5]),  # repeats annotation id 17
     ]
+    # images 11-15 also hold a valid box, so they are kept without their bad one
+    annotations += [coco_annotation(100 + i, i, [2, 2, 6, 6]) for i in range(11, 16)]
     duplicate = coco_image(1, 32, 24, file_name="box17.jpg")
     write_coco(root / "coco.json", good + extra + [duplicate], annotations)
     write_jpeg(root / "ground" / "g.jpg", 32, 24)
@@ -365,23 +380,27 @@ def write_every_bad_input(root: Path) -> DataConfig:
     return DataConfig(root=str(root), sources=sources, samples_per_shard=4, max_image_pixels=1000)
 
 
+# (source, record id, annotation id or None for the record itself) -> reason (its start)
 EXPECTED_REJECTIONS = {
-    ("coco", "coco-3"): "cannot decode image",
-    ("coco", "coco-4"): "cannot decode image",
-    ("coco", "coco-5"): "image file not found",
-    ("coco", "coco-6"): "image size 16x12 disagrees with annotation 32x24",
-    ("coco", "coco-7"): "image has more than 1000 pixels (decompression bomb)",
-    ("coco", "coco-11"): "annotation 11 has NaN coordinates",
-    ("coco", "coco-12"): "annotation 12 has infinite coordinates",
-    ("coco", "coco-13"): "annotation 13 has zero or negative size",
-    ("coco", "coco-14"): "annotation 14 has zero or negative size",
-    ("coco", "coco-15"): "annotation 15 is outside the image",
-    ("coco", "coco-16"): "annotation 16 has unknown category id 99",
-    ("coco", "coco-1"): "duplicate image id 1",
-    ("coco", "annotation 99"): "image id 404 not found",
-    ("ground", "ground-2"): "empty caption",
-    ("ground", "ground-3"): "phrase 0 span [2, 40] is outside the caption (length 5)",
-    ("pairs", "pairs-2"): "empty caption",
+    ("coco", "coco-3", None): "cannot decode image",
+    ("coco", "coco-4", None): "cannot decode image",
+    ("coco", "coco-5", None): "image file not found",
+    ("coco", "coco-6", None): "image size 16x12 disagrees with annotation 32x24",
+    ("coco", "coco-7", None): "image has more than 1000 pixels (decompression bomb)",
+    ("coco", "coco-11", "11"): "annotation 11 has NaN coordinates",
+    ("coco", "coco-12", "12"): "annotation 12 has infinite coordinates",
+    ("coco", "coco-13", "13"): "annotation 13 has zero or negative size",
+    ("coco", "coco-14", "14"): "annotation 14 has zero or negative size",
+    ("coco", "coco-15", "15"): "annotation 15 is outside the image",
+    ("coco", "coco-16", "16"): "annotation 16 has unknown category id 99",
+    ("coco", "coco-16", None): "no valid annotation left (1 invalid)",
+    ("coco", "coco-17", "17"): "duplicate annotation id 17",
+    ("coco", "coco-1", None): "duplicate image id 1",
+    ("coco", "COCO_JSON", "99"): "image id 404 not found",
+    ("ground", "ground-2", None): "empty caption",
+    ("ground", "ground-3", "phrase 0"): "phrase 0 span [2, 40] is outside the caption (length 5)",
+    ("ground", "ground-3", None): "no valid annotation left (1 invalid)",
+    ("pairs", "pairs-2", None): "empty caption",
 }
 
 
@@ -396,12 +415,34 @@ def every_bad_input(tmp_path_factory):
 def test_manifest_counts_balance_for_every_source_on_every_bad_input_kind(every_bad_input):
     _, out, manifest = every_bad_input
     counts = {name: (s["read"], s["written"], s["rejected"]) for name, s in manifest["sources"].items()}
-    # coco: 18 image entries (one repeats id 1) + 1 orphan annotation
-    assert counts == {"coco": (19, 6, 13), "ground": (3, 1, 2), "pairs": (2, 1, 1)}
+    # coco: 18 image entries, one repeating id 1
+    assert counts == {"coco": (18, 11, 7), "ground": (3, 1, 2), "pairs": (2, 1, 1)}
+    boxes = {
+        name: (s["boxes_read"], s["boxes_written"], s["boxes_rejected"], s["annotations_dropped"])
+        for name, s in manifest["sources"].items()
+    }
+    # coco: 16 annotations; 8 kept, 8 dropped alone (6 invalid, 1 orphan, 1 repeated id)
+    assert boxes == {"coco": (16, 8, 8, 8), "ground": (2, 1, 1, 1), "pairs": (0, 0, 0, 0)}
     for name, s in manifest["sources"].items():
         assert s["read"] == s["written"] + s["rejected"], name
+        assert s["boxes_read"] == s["boxes_written"] + s["boxes_rejected"], name
         assert s["written"] == sum(shard["count"] for shard in s["shards"])
     assert manifest["sources"]["coco"]["clipped_boxes"] == 1
+    assert manifest["sources"]["coco"]["reasons"] == {
+        "annotation has zero or negative size": 2,
+        "cannot decode image": 2,
+        "annotation has NaN coordinates": 1,
+        "annotation has infinite coordinates": 1,
+        "annotation has unknown category id N": 1,
+        "annotation is outside the image": 1,
+        "duplicate annotation id N": 1,
+        "duplicate image id N": 1,
+        "image file not found": 1,
+        "image has more than N pixels (decompression bomb)": 1,
+        "image id N not found": 1,
+        "image size NxN disagrees with annotation NxN": 1,
+        "no valid annotation left (N invalid)": 1,
+    }
 
 
 def test_manifest_shard_entries_match_the_files(every_bad_input):
@@ -414,12 +455,17 @@ def test_manifest_shard_entries_match_the_files(every_bad_input):
             assert entry["count"] == len(read_shard(path))
 
 
-def test_rejected_jsonl_has_one_line_per_rejection_with_source_id_and_reason(every_bad_input):
-    _, out, manifest = every_bad_input
+def test_rejected_jsonl_has_one_line_per_rejected_record_and_annotation(every_bad_input):
+    cfg, out, manifest = every_bad_input
     rows = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
-    assert all(set(row) == {"source", "record_id", "reason"} for row in rows)
-    assert len(rows) == sum(s["rejected"] for s in manifest["sources"].values())
-    found = {(row["source"], row["record_id"]): row["reason"] for row in rows}
+    assert all(set(row) - {"annotation_id"} == {"source", "record_id", "reason"} for row in rows)
+    assert len(rows) == sum(s["rejected"] + s["annotations_dropped"] for s in manifest["sources"].values())
+    coco_json = str(Path(cfg.root) / "coco.json")
+    found = {
+        (row["source"], "COCO_JSON" if row["record_id"] == coco_json else row["record_id"], row.get("annotation_id")):
+            row["reason"]
+        for row in rows
+    }  # fmt: skip
     assert set(found) == set(EXPECTED_REJECTIONS)
     for where, reason in EXPECTED_REJECTIONS.items():
         assert found[where].startswith(reason), (where, found[where])
@@ -441,7 +487,9 @@ def test_only_valid_records_reach_the_shards(every_bad_input):
     _, out, manifest = every_bad_input
     keys = {name: [key for key, _, _ in read_all_shards(out, manifest, name)] for name in manifest["sources"]}
     assert keys == {
-        "coco": ["coco-1", "coco-2", "coco-8", "coco-9", "coco-10", "coco-17"],
+        "coco": ["coco-1", "coco-2", "coco-8", "coco-9", "coco-10"]
+        + [f"coco-{i}" for i in range(11, 16)]
+        + ["coco-17"],
         "ground": ["ground-1"],
         "pairs": ["pairs-1"],
     }
@@ -565,36 +613,94 @@ def test_killed_run_leaves_no_partial_tar_and_its_rerun_matches_an_uninterrupted
 # The CLI: dry runs and user errors
 
 
-def test_dry_run_writes_nothing_and_prints_counts(tmp_path, capsys):
+def data_yaml_of(cfg: DataConfig, path: Path, **settings) -> Path:
+    """The YAML a user would write for ``cfg``'s sources (``root`` is the YAML's folder)."""
+    keys = ("name", "kind", "format", "paths", "image_root")
+    sources = [{key: getattr(s, key) for key in keys} for s in cfg.sources]
+    return write_data_yaml(path, {"sources": sources, **settings})
+
+
+def printed_counts(text: str) -> dict[str, tuple[int, ...]]:
+    """``{source: (read, written, rejected, boxes read, dropped)}`` from the summary lines."""
+    pattern = r"^(\S+) +\S+ +read +(\d+) +(?:would write|written) +(\d+) +rejected +(\d+) +boxes read +(\d+) +dropped +(\d+)"
+    return {m[0]: tuple(int(v) for v in m[1:]) for m in re.findall(pattern, text, re.MULTILINE)}
+
+
+def test_dry_run_stats_every_image_prints_reasons_and_fails_like_the_run_would(tmp_path, capsys):
     cfg = write_every_bad_input(tmp_path / "data")
-    config = write_data_yaml(
-        tmp_path / "data" / "data.yaml",
-        {
-            "sources": [
-                {
-                    "name": s.name,
-                    "kind": s.kind,
-                    "format": s.format,
-                    "paths": s.paths,
-                    "image_root": s.image_root,
-                }
-                for s in cfg.sources
-            ]
-        },
-    )
+    config = data_yaml_of(cfg, tmp_path / "data" / "data.yaml", max_image_pixels=1000)
     out = tmp_path / "shards"
-    assert ovdet_main(["shard", "--config", str(config), "--out", str(out), "--dry-run"]) == 0
+    assert ovdet_main(["shard", "--config", str(config), "--out", str(out), "--dry-run"]) == 1
     assert not out.exists()
-    lines = capsys.readouterr().out.splitlines()
-    counts = {
-        line.split()[0]: dict(zip(line.split()[2::2], line.split()[3::2], strict=True)) for line in lines
+    printed = capsys.readouterr()
+    # annotations, plus a stat of every image: absent.jpg is found; decoding problems are not (no decode)
+    assert printed_counts(printed.out) == {
+        "coco": (18, 15, 3, 16, 8),
+        "ground": (3, 1, 2, 2, 1),
+        "pairs": (2, 1, 1, 0, 0),
     }
-    # annotation-level counts only: image problems are found when the images are decoded
-    assert counts == {
-        "coco": {"read": "19", "valid": "11", "rejected": "8", "shards": "1"},
-        "ground": {"read": "3", "valid": "1", "rejected": "2", "shards": "1"},
-        "pairs": {"read": "2", "valid": "1", "rejected": "1", "shards": "1"},
-    }
+    assert re.search(r"^ +1  image file not found$", printed.out, re.MULTILINE)
+    assert f"e.g. coco-5: image file not found: {tmp_path / 'data' / 'images' / 'absent.jpg'}" in printed.out
+    assert re.search(r"^ +2  annotation has zero or negative size$", printed.out, re.MULTILINE)
+    errors = printed.err.splitlines()
+    assert errors == [
+        "error: source coco: rejected 3 of 18 records (16.7%), more than data.max_rejected_fraction = 0.1",
+        "error: source ground: rejected 2 of 3 records (66.7%), more than data.max_rejected_fraction = 0.1",
+        "error: source pairs: rejected 1 of 2 records (50.0%), more than data.max_rejected_fraction = 0.1",
+    ]
+
+
+def test_run_rejecting_too_much_exits_1_with_a_summary_but_keeps_what_it_wrote(tmp_path, capsys):
+    cfg = write_every_bad_input(tmp_path / "data")
+    out = tmp_path / "shards"
+    strict = data_yaml_of(cfg, tmp_path / "data" / "strict.yaml", max_image_pixels=1000)
+    assert ovdet_main(["shard", "--config", str(strict), "--out", str(out)]) == 1
+    printed = capsys.readouterr()
+    assert printed_counts(printed.out)["coco"] == (18, 11, 7, 16, 8)
+    assert "error: source coco: rejected 7 of 18 records (38.9%)" in printed.err
+    assert f"every rejection is in {out / 'rejected.jsonl'}" in printed.err
+    assert (out / "manifest.json").exists()
+    lenient = data_yaml_of(
+        cfg, tmp_path / "data" / "lenient.yaml", max_image_pixels=1000, max_rejected_fraction=0.7
+    )
+    assert ovdet_main(["shard", "--config", str(lenient), "--out", str(out)]) == 0  # no --overwrite needed
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_source_that_writes_nothing_fails_the_stage(tmp_path, capsys):
+    root = tmp_path / "data"
+    write_jpeg(root / "images" / "a.jpg", 32, 24)
+    write_coco(root / "coco.json", [coco_image(1, 32, 24, file_name="a.jpg")], [])
+    sources = [
+        {"name": "c", "kind": "detection", "format": "coco", "paths": ["coco.json"], "image_root": "wrong"}
+    ]
+    config = write_data_yaml(root / "data.yaml", {"sources": sources, "max_rejected_fraction": 1.0})
+    assert ovdet_main(["shard", "--config", str(config), "--out", str(tmp_path / "shards")]) == 1
+    assert "error: source c: no record written (read 1, rejected 1)" in capsys.readouterr().err
+
+
+def test_restored_image_is_retried_on_rerun_and_unchanged_reruns_stay_identical(tmp_path):
+    root = tmp_path / "data"
+    for i in (1, 2):
+        write_jpeg(root / "images" / f"{i}.jpg", 32, 24, seed=i)
+    images = [coco_image(i, 32, 24, file_name=f"{i}.jpg") for i in (1, 2)]
+    write_coco(root / "coco.json", images, [coco_annotation(i, i, [1, 1, 5, 5]) for i in (1, 2)])
+    cfg = DataConfig(
+        root=str(root), sources=[source("c", "coco", ["coco.json"], "images")], samples_per_shard=4
+    )
+    kept = (root / "images" / "2.jpg").read_bytes()
+    (root / "images" / "2.jpg").unlink()
+    out = tmp_path / "shards"
+    first = shard(cfg, out)
+    assert (first["sources"]["c"]["written"], first["sources"]["c"]["rejected"]) == (1, 1)
+    again = shard(cfg, out)
+    assert again == first and (out / "rejected.jsonl").read_text().count("\n") == 1
+    (root / "images" / "2.jpg").write_bytes(kept)  # the user restores the image
+    restored = shard(cfg, out)
+    assert (restored["sources"]["c"]["written"], restored["sources"]["c"]["rejected"]) == (2, 0)
+    assert (out / "rejected.jsonl").read_text() == ""
+    assert restored == shard(cfg, tmp_path / "fresh")  # as if it had never been missing
+    assert visible_tars(out) == visible_tars(tmp_path / "fresh")
 
 
 def test_a_different_config_into_the_same_folder_is_refused_unless_overwrite(tmp_path, capsys):
@@ -616,18 +722,17 @@ def test_a_different_config_into_the_same_folder_is_refused_unless_overwrite(tmp
     assert json.loads((out / "manifest.json").read_text())["config"]["samples_per_shard"] == 3
 
 
-def test_malformed_jsonl_fails_with_file_name_and_line_number(tmp_path, capsys):
+def test_malformed_jsonl_line_is_one_rejected_record_and_the_rest_is_sharded(tmp_path, capsys):
     root = tmp_path / "data"
     write_jpeg(root / "a.jpg", 32, 24)
-    (root / "pairs.jsonl").write_text(
-        '{"image": "a.jpg", "caption": "a cat"}\n\n{"image": "a.jpg", "caption": \n'
-    )
+    rows = "".join('{"image": "a.jpg", "caption": "a cat"}\n' for _ in range(9))
+    (root / "pairs.jsonl").write_text(rows + '{"image": "a.jpg", "caption": \n')
     config = write_data_yaml(
         root / "data.yaml",
         {"sources": [{"name": "pairs", "kind": "image_text", "format": "jsonl", "paths": ["pairs.jsonl"]}]},
     )
-    assert ovdet_main(["shard", "--config", str(config), "--out", str(tmp_path / "shards")]) == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1
-    assert f"{root / 'pairs.jsonl'}:3: invalid JSON" in error
-    assert not (tmp_path / "shards").exists()
+    out = tmp_path / "shards"
+    assert ovdet_main(["shard", "--config", str(config), "--out", str(out)]) == 0  # 1 of 10 = the 10% allowed
+    assert printed_counts(capsys.readouterr().out) == {"pairs": (10, 9, 1, 0, 0)}
+    (row,) = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert row["record_id"] == f"{root / 'pairs.jsonl'}:10" and row["reason"].startswith("invalid JSON: ")
