@@ -140,6 +140,7 @@ def cmd_eval(args) -> int:
     for key in ("gt", "vocab", "image_root", "protocol", "dets_per_category"):
         if getattr(args, key) is not None:
             setattr(cfg.eval, key, getattr(args, key))
+    cfg.eval.synonym_prompts = cfg.eval.synonym_prompts or args.synonym_prompts
     if maybe_print_config(args, cfg):
         return 0
     model = args.model or str(Path(cfg.run_dir) / "train" / "final")
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
         "neg_category_ids, else coco (eval.protocol)"))
     p.add_argument("--dets-per-category", type=int, default=None,
                    help="lvis-fixed: detections kept per category over the dataset (default 10000)")
+    p.add_argument("--synonym-prompts", action="store_true", help=(
+        "average each class embedding over its name and its vocabulary synonyms (eval.synonym_prompts)"))
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("detect", help="zero-shot detection with a custom vocabulary", description=(

@@ -172,6 +172,9 @@ class EvalConfig:
     shards: str = ""  # or a shard folder (`ovdet shard` of the eval set) instead of gt + image_root
     vocab: str = ""
     prompt_templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    # average each class embedding over its name and its vocabulary synonyms (LVIS `synonyms`), like
+    # prompt templates; off as Detic's --avg_synonyms (docs/evaluation.md)
+    synonym_prompts: bool = False
     # "auto": lvis when the GT images carry neg_category_ids (LVIS format), else coco; or coco,
     # lvis (lvis-api's federated LVISEval) or lvis-fixed (Fixed AP, Dave et al. 2021); docs/evaluation.md
     protocol: Literal["auto", "coco", "lvis", "lvis-fixed"] = "auto"

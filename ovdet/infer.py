@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from ovdet.data.loader import letterbox
+from ovdet.data.prompts import class_prompts
 from ovdet.errors import OvdetError
 from ovdet.ops.boxes import box_cxcywh_to_xyxy
 
@@ -86,24 +87,32 @@ class Detector:
         return cls(model, spec)
 
     @torch.no_grad()
-    def class_embeddings(self, vocabulary: list[str], templates: list[str] | None = None) -> torch.Tensor:
-        """``[C, D]``: per class, the normalized mean of its prompt-template embeddings (CLIP ensembling)."""
+    def class_embeddings(
+        self, vocabulary: list[str], templates: list[str] | None = None, synonyms: list[list[str]] | None = None,
+    ) -> torch.Tensor:
+        """``[C, D]``: per class, the normalized mean of the embeddings of its prompt texts (``class_prompts``:
+        the name's, plus its synonyms' when ``synonyms`` gives one list per class) in every template (CLIP
+        ensembling). Names are raw category names; ``prompt_name`` makes them text."""
         templates = templates or ["{}"]
-        texts = [t.format(name) for name in vocabulary for t in templates]
-        embeddings = self.model.encode_texts(texts).view(len(vocabulary), len(templates), -1).mean(1)
-        return torch.nn.functional.normalize(embeddings, dim=-1)
+        prompts = class_prompts(vocabulary, synonyms)
+        texts = [t.format(text) for class_texts in prompts for text in class_texts for t in templates]
+        sizes = [len(class_texts) * len(templates) for class_texts in prompts]
+        groups = self.model.encode_texts(texts).split(sizes)
+        return torch.nn.functional.normalize(torch.stack([group.mean(0) for group in groups]), dim=-1)
 
     @torch.no_grad()
     def detect(
         self, images, vocabulary: list[str], templates: list[str] | None = None, score_threshold: float = 0.1,
         top_k: int = 100, nms_iou: float = 0.0, batch_size: int = 8, progress: bool = False,
+        synonyms: list[list[str]] | None = None,
     ) -> list[list[Detection]]:
-        """Detect ``vocabulary`` in each image (paths or PIL images); one list of Detections per image."""
+        """Detect ``vocabulary`` in each image (paths or PIL images); one list of Detections per image, each
+        labelled with its raw vocabulary name. ``synonyms``: see ``class_embeddings``."""
         from tqdm import tqdm
 
         if not vocabulary:
             raise OvdetError("the vocabulary is empty")
-        embeds = self.class_embeddings(list(vocabulary), templates)
+        embeds = self.class_embeddings(list(vocabulary), templates, synonyms)
         results = []
         for start in tqdm(range(0, len(images), batch_size), desc="detect", disable=not progress):
             chunk = [open_image(i) for i in images[start : start + batch_size]]

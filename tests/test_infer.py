@@ -58,6 +58,45 @@ def test_prompt_ensembling_averages_template_embeddings(model_folder):
     assert torch.allclose(ensemble, expected, atol=1e-6)
 
 
+def test_class_embeddings_of_plain_names_are_the_template_mean_bit_for_bit(model_folder):
+    """Names that are their own prompt text (the synthetic world's) embed exactly as before prompt names."""
+    detector = Detector.from_pretrained(model_folder)
+    names, templates = ["red circle", "blue star", "green heart"], ["a photo of a {}.", "a {}.", "{}"]
+    encoded = detector.model.encode_texts([t.format(n) for n in names for t in templates])
+    before = torch.nn.functional.normalize(encoded.view(len(names), len(templates), -1).mean(1), dim=-1)
+    assert torch.equal(detector.class_embeddings(names, templates), before)
+
+
+def test_lvis_names_reach_the_encoder_as_prompt_texts_and_detections_keep_raw_names(model_folder, images, monkeypatch):
+    detector = Detector.from_pretrained(model_folder)
+    encoded, encode = [], detector.model.encode_texts
+
+    def recording_encode(texts):
+        encoded.extend(texts)
+        return encode(texts)
+
+    monkeypatch.setattr(detector.model, "encode_texts", recording_encode)
+    vocabulary = ["bow_(weapon)", "bow_(decorative_ribbons)", "speaker_(stereo_equipment)"]
+    embeddings = detector.class_embeddings(vocabulary, ["a photo of a {}."])
+    assert encoded == ["a photo of a bow (weapon).", "a photo of a bow (decorative ribbons).",
+                       "a photo of a speaker (stereo equipment)."]  # fmt: skip
+    assert not torch.allclose(embeddings[0], embeddings[1])
+    found = detector.detect([images / "img0.jpg"], vocabulary, score_threshold=0.0, top_k=9)[0]
+    assert {d.label for d in found} <= set(vocabulary) and all(vocabulary[d.label_index] == d.label for d in found)
+
+
+def test_synonyms_are_averaged_with_the_name_over_every_template(model_folder):
+    detector = Detector.from_pretrained(model_folder)
+    templates = ["a photo of a {}.", "{}"]
+    ensemble = detector.class_embeddings(["red_circle", "blue star"], templates, [["crimson circle", "red circle"], []])
+    texts = ["a photo of a red circle.", "red circle", "a photo of a crimson circle.", "crimson circle"]
+    expected = torch.nn.functional.normalize(detector.model.encode_texts(texts).mean(0), dim=-1)
+    assert torch.allclose(ensemble[0], expected, atol=1e-6)
+    names_only = detector.class_embeddings(["red_circle", "blue star"], templates)
+    assert not torch.allclose(ensemble[0], names_only[0], atol=1e-4)
+    assert torch.equal(ensemble[1], names_only[1])
+
+
 def test_class_wise_nms_removes_same_class_overlaps(model_folder, images):
     detector = Detector.from_pretrained(model_folder)
     found = detector.detect([images / "img0.jpg"], ["red circle", "dog"], score_threshold=0.0, top_k=20, nms_iou=0.3)[0]

@@ -6,7 +6,8 @@ takes that source's next sample from a seeded permutation. Global batch ``g`` is
 ``stream[g*G : (g+1)*G]`` with ``G = batch_size * world_size``; rank ``r`` reads its slice, so
 ranks and DataLoader workers never see the same sample, and augmentation is seeded by ``k``,
 so the result does not depend on how the batch is split. The loader's whole state is the
-number of global samples consumed: saving and restoring it resumes exactly.
+number of global samples consumed: saving and restoring it resumes exactly. A sample's texts are
+its positives, then negatives from its source's pool (LVIS federated images: its verified-absent names).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ovdet.config import LoaderConfig
+from ovdet.data.prompts import prompt_name, prompt_texts
 from ovdet.data.records import Record
 from ovdet.data.shards import SampleLocation, index_tar, read_manifest
 from ovdet.errors import OvdetError
@@ -131,6 +133,7 @@ class ShardSampleDataset(Dataset):
             [(shard, loc) for shard in s.shards for loc in index_tar(shard)] for s in sets
         ]
         self.stream = MixedSampleStream([len(x) for x in self.locations], [s.weight for s in sets], cfg.seed)
+        self.pools = [texts_of(s.names, s.kind) for s in sets]  # once: image-text pools run to millions
         self.file_descriptors: dict[Path, int] = {}
 
     def __len__(self) -> int:  # the stream is infinite; one "epoch" is one block
@@ -151,11 +154,12 @@ class ShardSampleDataset(Dataset):
         set_index, sample_index = self.stream.locate(k)
         jpeg, record = self.read(set_index, sample_index)
         rng = np.random.default_rng([self.cfg.seed, 7, k])
-        return build_sample(jpeg, record, self.sets[set_index].names, self.cfg, rng)
+        return build_sample(jpeg, record, self.pools[set_index], self.cfg, rng)
 
 
 def build_sample(jpeg: bytes, record: Record, pool: list[str], cfg: LoaderConfig, rng) -> dict[str, Any]:
-    """Decode + augment one record and build its text list (positives first, then negatives)."""
+    """Decode + augment one record and build its text list (positives first, then negatives from
+    ``pool``, the distinct texts of its source's manifest names: ``texts_of``)."""
     scale_factor = rng.uniform(cfg.min_scale, 1.0)
     flip = bool(rng.random() < cfg.hflip_probability)
     pixels, scale = letterbox(Image.open(io.BytesIO(jpeg)), cfg.image_size, scale_factor, flip)
@@ -163,9 +167,7 @@ def build_sample(jpeg: bytes, record: Record, pool: list[str], cfg: LoaderConfig
     boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)[keep]
     flip_width = record.width * scale if flip else None
     boxes = transform_boxes(boxes, scale, flip_width, cfg.image_size).astype(np.float32)
-    # chunked caption phrases overlap: "red heart" is no negative for "red heart on a mat"
-    overlapping = positives if record.kind == "image_text" else []
-    negatives = sample_negatives(pool, set(positives) | set(record.category_names), cfg.num_negatives, rng, overlapping)
+    negatives = negatives_of(record, positives, pool, cfg, rng)
     texts = apply_templates(positives + negatives, record.kind, cfg, rng)
     is_image_text = record.kind == "image_text"
     return {
@@ -181,15 +183,23 @@ def build_sample(jpeg: bytes, record: Record, pool: list[str], cfg: LoaderConfig
     }
 
 
+def texts_of(names: list[str], kind: str) -> list[str]:
+    """The distinct texts of a record's or a pool's ``names``: grounding phrases as written (they are
+    caption text), category names and caption labels as prompt texts (``prompt_name``)."""
+    return list(dict.fromkeys(names)) if kind == "grounding" else prompt_texts(names)
+
+
 def positives_of(record: Record) -> tuple[list[str], list[int], np.ndarray]:
     """Positive texts, each kept box's index into them, and the mask of boxes kept."""
     if record.kind == "image_text":
-        return record.caption_labels(), [], np.zeros(len(record.boxes), dtype=bool)
-    names = list(record.category_names)
+        return prompt_texts(record.caption_labels()), [], np.zeros(len(record.boxes), dtype=bool)
     if record.kind == "grounding":
+        names = list(record.category_names)
         for phrase in record.phrases:
             for index in phrase.box_indices:
                 names[index] = phrase.text
+    else:
+        names = [prompt_name(name) for name in record.category_names]
     crowd = record.is_crowd or [0] * len(names)
     keep = np.array([not c for c in crowd], dtype=bool)
     positives = list(dict.fromkeys(n for n, k in zip(names, keep, strict=True) if k))
@@ -202,6 +212,29 @@ def overlaps_any(name: str, phrases: list[str]) -> bool:
     such a name is not a safe negative for an image that the phrase describes."""
     padded = f" {name} "
     return any(f" {phrase} " in padded or padded in f" {phrase} " for phrase in phrases)
+
+
+def negatives_of(record: Record, positives: list[str], pool: list[str], cfg: LoaderConfig, rng) -> list[str]:
+    """Up to ``cfg.num_negatives`` texts, none a positive's or a crowd box's: from ``pool``, or, for a
+    record with federated labels (``meta["federated"]``), as ``federated_negatives`` says."""
+    exclude = set(positives) | set(texts_of(record.category_names, record.kind))
+    if record.meta.get("federated"):
+        return federated_negatives(record, exclude, pool, cfg, rng)
+    # chunked caption phrases overlap: "red heart" is no negative for "red heart on a mat"
+    overlapping = positives if record.kind == "image_text" else []
+    return sample_negatives(pool, exclude, cfg.num_negatives, rng, overlapping)
+
+
+def federated_negatives(record: Record, exclude: set[str], pool: list[str], cfg: LoaderConfig, rng) -> list[str]:
+    """LVIS checked only some categories per image, so only the names verified absent (``record.negatives``,
+    a seeded subset beyond ``num_negatives``) are negatives: another image's category may be here unboxed.
+    ``federated_negatives: pool`` fills up from ``pool``, never with a not-exhaustive category of the image."""
+    exclude = exclude | set(prompt_texts(record.meta.get("not_exhaustive_categories", [])))
+    verified = sample_negatives(prompt_texts(record.negatives), exclude, cfg.num_negatives, rng)
+    missing = cfg.num_negatives - len(verified)
+    if cfg.federated_negatives == "verified" or missing <= 0:
+        return verified
+    return verified + sample_negatives(pool, exclude | set(verified), missing, rng)
 
 
 def sample_negatives(pool: list[str], exclude: set[str], count: int, rng, overlapping: list[str] = ()) -> list[str]:

@@ -22,12 +22,15 @@ from ovdet.eval.protocols import MODEL_DETECTIONS_PER_IMAGE, resolve_protocol
 
 def predict_coco(detector, gt: dict, images, vocab, cfg: EvalConfig, progress: bool) -> list[dict]:
     """Run ``detector`` on every GT image (``images``: paths or PIL images in GT order); COCO results,
-    at most ``cfg.max_detections`` per image (0: as many as the evaluation protocol keeps)."""
+    at most ``cfg.max_detections`` per image (0: as many as the evaluation protocol keeps). The raw
+    vocabulary names are the classes (the detector makes them prompt text); ``cfg.synonym_prompts``
+    averages each class embedding over its name and its vocabulary synonyms (off, as Detic's ``--avg_synonyms``)."""
     protocol = resolve_protocol(cfg.protocol, gt, cfg.dets_per_category)
     results = detector.detect(
         images, vocab.names, templates=cfg.prompt_templates or vocab.prompts, score_threshold=cfg.score_threshold,
         top_k=cfg.max_detections or MODEL_DETECTIONS_PER_IMAGE[protocol.name], nms_iou=cfg.nms_iou,
         batch_size=cfg.batch_size, progress=progress,
+        synonyms=[c.synonyms for c in vocab.categories] if cfg.synonym_prompts else None,
     )
     detections = []
     for image, found in zip(gt["images"], results, strict=True):

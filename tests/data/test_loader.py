@@ -15,7 +15,7 @@ from fixtures import jpeg_bytes
 from PIL import Image
 
 from ovdet.config import LoaderConfig
-from ovdet.data.loader import MixedSampleStream, TrainLoader, build_sample
+from ovdet.data.loader import MixedSampleStream, TrainLoader, build_sample, texts_of
 from ovdet.data.records import Phrase, Record
 from ovdet.data.shards import MANIFEST, write_json_atomic, write_tar_atomic
 from ovdet.ops.boxes import box_cxcywh_to_xyxy
@@ -310,6 +310,86 @@ def test_detection_names_are_templated_but_grounding_phrases_are_not():
     sample = sample_of(grounding, ["a man", "a red bike", "the dog", "two birds"], **templates)
     assert sample["texts"] == ["a man", "a red bike", "the dog", "two birds"]
     assert sample["labels"].tolist() == [0, 1]
+
+
+def lvis_record(names: list[str], **fields) -> Record:
+    boxes = [[1.0 + i, 1.0, 9.0 + i, 9.0] for i in range(len(names))]
+    return Record(key="l", source="lvis", kind="detection", width=48, height=32, boxes=boxes,
+                  category_ids=list(range(len(names))), category_names=names, is_crowd=[0] * len(names), **fields)  # fmt: skip
+
+
+LVIS_POOL = ["bat_(animal)", "baseball_bat", "bow_(weapon)", "bow_(decorative_ribbons)", "date_(fruit)",
+             "hot_dog", "speaker_(stereo_equipment)", "Tabasco_sauce"] + [f"thing_{i}" for i in range(20)]  # fmt: skip
+
+
+def test_category_names_become_prompt_texts_and_labels_follow_them():
+    record = lvis_record(["speaker_(stereo_equipment)", "bow_(weapon)", "speaker_(stereo_equipment)"])
+    sample = sample_of(record, texts_of(LVIS_POOL, "detection"), num_negatives=60, template_probability=0.0)
+    assert sample["texts"][:2] == ["speaker (stereo equipment)", "bow (weapon)"]
+    assert sample["labels"].tolist() == [0, 1, 0]
+    assert not any("_" in text for text in sample["texts"])
+    assert "bow (decorative ribbons)" in sample["texts"]  # another category, not a duplicate of the positive
+
+
+def test_no_negative_shares_a_text_with_a_positive_or_another_negative():
+    record = lvis_record(["Hot_Dog"])
+    pool = texts_of(["hot_dog", "hot dog", "bow_(weapon)", "Bow_(weapon)", "bow_(decorative_ribbons)"], "detection")
+    sample = sample_of(record, pool, num_negatives=60, template_probability=0.0)
+    assert sample["texts"] == ["hot dog", "bow (weapon)", "bow (decorative ribbons)"]
+
+
+def test_loader_gives_lvis_names_from_shards_as_prompt_texts(tmp_path):
+    records = [lvis_record([LVIS_POOL[i], LVIS_POOL[i + 1]]) for i in range(6)]
+    records = [Record(**{**r.__dict__, "key": f"l{i}"}) for i, r in enumerate(records)]
+    shard_dir = write_shard_set(tmp_path, {"lvis": (1.0, records)})
+    cfg = loader_config(num_negatives=4, template_probability=0.0, batch_size=6)
+    batch = batches(shard_dir, cfg, 1)[0]
+    expected = set(texts_of(LVIS_POOL[:7], "detection"))
+    assert all(set(texts) <= expected and len(texts) == 6 for texts in batch["texts"])
+
+
+FEDERATED = {"negatives": ["bat_(animal)", "date_(fruit)", "Tabasco_sauce"],
+             "meta": {"federated": True, "not_exhaustive_categories": ["speaker_(stereo_equipment)", "hot_dog"]}}  # fmt: skip
+
+
+def test_federated_negatives_are_exactly_the_verified_names():
+    record = lvis_record(["bow_(weapon)", "speaker_(stereo_equipment)"], **FEDERATED)
+    for seed in range(10):
+        texts = sample_of(record, texts_of(LVIS_POOL, "detection"), seed, num_negatives=10, template_probability=0.0)["texts"]
+        assert texts == ["bow (weapon)", "speaker (stereo equipment)", "bat (animal)", "date (fruit)", "tabasco sauce"]
+
+
+def test_federated_negatives_beyond_num_negatives_are_a_seeded_subset_of_the_verified_names():
+    record = lvis_record(["bow_(weapon)"], **FEDERATED)
+    pool = texts_of(LVIS_POOL, "detection")
+    draws = {tuple(sample_of(record, pool, seed, num_negatives=2, template_probability=0.0)["texts"][1:]) for seed in range(20)}
+    assert all(len(set(d)) == 2 and set(d) <= {"bat (animal)", "date (fruit)", "tabasco sauce"} for d in draws)
+    assert len(draws) == 3  # every pair comes up: the subset depends on the seed
+    again = sample_of(record, pool, 7, num_negatives=2, template_probability=0.0)["texts"]
+    assert again == sample_of(record, pool, 7, num_negatives=2, template_probability=0.0)["texts"]
+
+
+def test_pool_mode_fills_after_the_verified_names_never_with_not_exhaustive_ones():
+    record = lvis_record(["bow_(weapon)"], **FEDERATED)
+    pool = texts_of(LVIS_POOL, "detection")
+    seen = set()
+    for seed in range(30):
+        texts = sample_of(record, pool, seed, num_negatives=8, template_probability=0.0, federated_negatives="pool")["texts"]
+        negatives = texts[1:]
+        assert negatives[:3] == ["bat (animal)", "date (fruit)", "tabasco sauce"] and len(set(negatives)) == 8
+        assert not {"speaker (stereo equipment)", "hot dog", "bow (weapon)"} & set(negatives)
+        seen.update(negatives[3:])
+    assert len(seen) > 10  # filled from the pool, not a fixed list
+
+
+def test_records_without_the_federated_flag_keep_the_texts_of_before():
+    """Pinned with the loader of before federated labels and prompt names (same seed, same draws)."""
+    record = Record(key="k", source="s", kind="detection", width=48, height=32, boxes=[[1, 1, 9, 9], [10, 10, 20, 20]],
+                    category_ids=[1, 2], category_names=["thing1", "thing2"], is_crowd=[0, 0],
+                    negatives=["thing3", "thing4"], meta={"not_exhaustive_categories": ["thing5"]})  # fmt: skip
+    expected = ["a thing1.", "thing2", "thing3", "thing6", "thing17", "thing22", "thing24"]
+    assert sample_of(record, NAMES, seed=3)["texts"] == expected
+    assert sample_of(record, NAMES, seed=3, federated_negatives="pool")["texts"] == expected
 
 
 # Boxes and pixels

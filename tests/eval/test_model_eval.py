@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from ovdet.config import DataConfig, EvalConfig, ModelConfig, SourceConfig, SynthConfig
-from ovdet.eval.evaluator import evaluate_model, make_validator
+from ovdet.data.vocab import load_vocabulary
+from ovdet.eval.evaluator import (
+    default_image_root,
+    evaluate_model,
+    image_paths,
+    make_validator,
+    predict_coco,
+)
 from ovdet.infer import Detector
 from ovdet.models import create_detector
 
@@ -107,3 +114,19 @@ def test_validator_scores_under_the_configured_protocol(lvis_world_and_shards, d
     full = evaluate_model("m", cfg, tmp_path, False, detector)
     assert full["protocol"] == "lvis-fixed" and full["detections"]["over_category_cap"] > 0
     assert values == {f"{k}_{p}": full[k][p] for k in ("AP", "AP50") for p in ("base", "novel", "all", "hm")}
+
+
+def test_synonym_ensembling_is_off_by_default_and_moves_scores_when_on(world_and_shards, detector):
+    world, _ = world_and_shards
+    gt = json.loads((world / "eval.json").read_text())
+    images = image_paths(gt, default_image_root(world / "eval.json", gt))
+    vocab = load_vocabulary(str(world / "vocab.yaml"), gt=gt)
+    assert all(c.synonyms for c in vocab.categories)  # the synthetic world names synonyms for every class
+    without = load_vocabulary(str(world / "vocab.yaml"), gt=gt)
+    for category in without.categories:
+        category.synonyms = []
+    cfg = EvalConfig(prompt_templates=["{}"], max_detections=10)
+    default = predict_coco(detector, gt, images, vocab, cfg, progress=False)
+    assert default == predict_coco(detector, gt, images, without, cfg, progress=False)
+    ensembled = predict_coco(detector, gt, images, vocab, EvalConfig(**{**vars(cfg), "synonym_prompts": True}), progress=False)
+    assert [d["score"] for d in ensembled] != [d["score"] for d in default]
