@@ -7,6 +7,7 @@ import tarfile
 from urllib.parse import quote
 
 import pytest
+import yaml
 from fixtures import (
     corrupt_row_group,
     four_sample_tar,
@@ -354,3 +355,34 @@ def test_tar_cut_in_a_later_member_header_keeps_the_sample_read_so_far(tmp_path)
         "w-000000002": "missing caption",
         str(path): f"cannot read tar after sample 3: truncated member header at byte {third_txt}",
     }
+
+
+def test_caption_labels_match_lvis_names_as_written_in_text_and_keep_the_raw_name(tmp_path):
+    """Detic's get_cc_tags map_name: underscores as spaces, no qualifier; synonyms match too; a term
+    two categories share names neither."""
+    vocabulary = {
+        "categories": [
+            {
+                "id": 1,
+                "name": "speaker_(stereo_equipment)",
+                "synonyms": ["speaker_(stereo_equipment)", "loudspeaker"],
+            },
+            {"id": 2, "name": "aerosol_can", "synonyms": ["spray_can"]},
+            {"id": 3, "name": "bow_(weapon)", "synonyms": ["bow_(weapon)"]},
+            {"id": 4, "name": "bow_(decorative_ribbons)", "synonyms": ["bow_(decorative_ribbons)"]},
+        ]
+    }
+    (tmp_path / "lvis.yaml").write_text(yaml.safe_dump(vocabulary))
+    rows = [
+        {"image": "a.jpg", "caption": "A loudspeaker, a bow and an aerosol can next to a speaker"},
+        {"image": "b.jpg", "caption": "a red bow on a gift"},
+    ]
+    config = source("cc", "jsonl", [write_jsonl(tmp_path / "pairs.jsonl", rows)], kind="image_text")
+    config.vocabulary = "lvis.yaml"
+    items, records, rejections = read_all(config, tmp_path)
+    (record,) = records
+    assert [(p.text, [record.caption[a:b] for a, b in p.spans]) for p in record.phrases] == [
+        ("speaker_(stereo_equipment)", ["loudspeaker"]),
+        ("aerosol_can", ["aerosol can"]),
+    ]
+    assert rejections == {"cc-2": "caption names no vocabulary name"}  # "bow" is ambiguous

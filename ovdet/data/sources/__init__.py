@@ -64,25 +64,42 @@ def iter_source(
         yield item
 
 
-def caption_vocabulary(source: SourceConfig, root: Path) -> list[str]:
-    """The names of ``source.vocabulary`` (a path resolved against ``root``, or a preset); [] if unset."""
+def caption_vocabulary(source: SourceConfig, root: Path) -> dict[str, str]:
+    """What to look for in captions, for ``source.vocabulary`` (a path resolved against ``root``, or a
+    preset): each category's name and synonyms as ``caption_term`` -> the category's raw name; {} if
+    unset. A term two categories share (``bow`` of ``bow_(weapon)`` and ``bow_(decorative_ribbons)``)
+    names neither."""
     if not source.vocabulary:
-        return []
+        return {}
     if source.kind != "image_text":
         raise OvdetError(f"source {source.name!r}: 'vocabulary' applies to image_text sources only")
     from ovdet.data.vocab import PRESETS, load_vocabulary
 
     spec = source.vocabulary if source.vocabulary in PRESETS else str(resolve(source.vocabulary, root))
-    return [category.name for category in load_vocabulary(spec).categories]
+    owners: dict[str, set[str]] = {}
+    for category in load_vocabulary(spec).categories:
+        for text in [category.name, *category.synonyms]:
+            owners.setdefault(caption_term(text), set()).add(category.name)
+    return {term: next(iter(names)) for term, names in owners.items() if term and len(names) == 1}
 
 
-def label_caption(record: Record, names: list[str]) -> Record | RecordError:
-    """Store the vocabulary names the caption mentions as phrases (spans, no boxes); a caption that
-    names none is rejected: it would give the image-level loss nothing to learn from."""
-    matches = match_vocabulary_spans(record.caption, names)
-    if not matches:
+def caption_term(name: str) -> str:
+    """How a category name is written in free text: Detic's ``map_name`` (``tools/get_cc_tags.py``):
+    underscores as spaces, no parenthesised qualifier, lower case (``speaker_(stereo_equipment)``
+    -> ``speaker``)."""
+    return " ".join(re.sub(r"\(.*?\)", " ", name.replace("_", " ")).lower().split())
+
+
+def label_caption(record: Record, terms: dict[str, str]) -> Record | RecordError:
+    """Store the vocabulary categories the caption mentions as phrases (the raw name, the span of its
+    first mention, no boxes); a caption that names none is rejected: it would give the image-level
+    loss nothing to learn from."""
+    phrases: dict[str, Phrase] = {}
+    for start, end, term in match_vocabulary_spans(record.caption, list(terms)):
+        phrases.setdefault(terms[term], Phrase(terms[term], [(start, end)], []))
+    if not phrases:
         return RecordError(record.key, "caption names no vocabulary name")
-    record.phrases = [Phrase(name, [(start, end)], []) for start, end, name in matches]
+    record.phrases = list(phrases.values())
     return record
 
 
