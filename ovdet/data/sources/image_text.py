@@ -24,7 +24,7 @@ import lzma
 import re
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -70,28 +70,34 @@ TAR_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAErr
 def read_image_text_jsonl(source: SourceConfig, root: Path) -> Iterator[Record | RecordError]:
     """One image-text record per non-blank line of every JSONL in ``source.paths``; a line that
     does not parse is rejected with record id ``path:line``."""
-    images_dir = image_root(source, root)
-    files = input_files(source, root)
-    tags = file_tags(files)
-    for path in files:
-        for line_number, row in read_jsonl(path):
-            if isinstance(row, BadLine):
-                yield line_error(path, line_number, row)
-            else:
-                yield row_record(source.name, row, line_number, images_dir, tags[path])
+    yield from read_rows(source, root, jsonl_rows)
 
 
 def read_image_text_parquet(source: SourceConfig, root: Path) -> Iterator[Record | RecordError]:
     """One image-text record per row of every Parquet file in ``source.paths``."""
+    yield from read_rows(source, root, parquet_rows)
+
+
+def read_rows(
+    source: SourceConfig, root: Path, rows_of: Callable[[Path], Iterator[tuple[int, Any]]]
+) -> Iterator[Record | RecordError]:
+    """The record of every ``(row number, row)`` that ``rows_of`` gives per file; a row it already
+    rejected (a ``RecordError``) passes through."""
     images_dir = image_root(source, root)
     files = input_files(source, root)
     tags = file_tags(files)
     for path in files:
-        for row_number, row in parquet_rows(path):
+        for row_number, row in rows_of(path):
             if isinstance(row, RecordError):
                 yield row
             else:
                 yield row_record(source.name, row, row_number, images_dir, tags[path])
+
+
+def jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` per non-blank line; a line that does not parse is its rejection."""
+    for line_number, row in read_jsonl(path):
+        yield line_number, line_error(path, line_number, row) if isinstance(row, BadLine) else row
 
 
 def parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
