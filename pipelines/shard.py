@@ -209,14 +209,15 @@ def run_shard_stage(
 RUN_SETTINGS = ("ray_address", "num_cpus", "max_rejected_fraction")
 
 
+def written_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The data config without its ``RUN_SETTINGS``: what decides the shards' contents."""
+    return {k: v for k, v in config.items() if k not in RUN_SETTINGS}
+
+
 def check_output_folder(out_dir: Path, cfg: DataConfig, overwrite: bool) -> None:
     if not (out_dir / MANIFEST).exists() or overwrite:
         return
-    previous = read_manifest(out_dir).get("config") or {}
-    current = to_dict(cfg)
-    if {k: v for k, v in previous.items() if k not in RUN_SETTINGS} != {
-        k: v for k, v in current.items() if k not in RUN_SETTINGS
-    }:
+    if written_settings(read_manifest(out_dir).get("config") or {}) != written_settings(to_dict(cfg)):
         raise OvdetError(f"{out_dir}: holds shards of a different data config; pass --overwrite to replace them")
 
 

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ovdet.config import DataConfig, to_dict
+from ovdet.data.images import missing_image
 from ovdet.errors import AnnotationError, RecordError
 
 
@@ -101,7 +102,7 @@ def dry_run_summary(plans: list, threads: int = 16) -> dict[str, Any]:
         with ThreadPoolExecutor(threads) as pool:  # stats on a network file system overlap
             present = list(pool.map(lambda r: os.path.isfile(image_file_of(r)), records))
         missing = [
-            {"source": plan.name, "record_id": r["key"], "reason": f"image file not found: {image_file_of(r)}"}
+            rejection_row(plan.name, missing_image(r["key"], image_file_of(r)))
             for r, ok in zip(records, present, strict=True)
             if not ok
         ]

@@ -85,9 +85,14 @@ def read_image_bytes(record: Record) -> bytes:
         with open(record.image_path, "rb") as handle:
             return handle.read()
     except FileNotFoundError:
-        raise RecordError(record.key, f"image file not found: {record.image_path}") from None
+        raise missing_image(record.key, record.image_path) from None
     except OSError as exc:
         raise RecordError(record.key, f"cannot read image file: {exc.strerror or exc}") from None
+
+
+def missing_image(key: str, path: str) -> RecordError:
+    """The rejection of a record whose image file does not exist (also what a dry run reports)."""
+    return RecordError(key, f"image file not found: {path}")
 
 
 def read_tar_member(key: str, where: dict[str, Any]) -> bytes:

@@ -28,6 +28,7 @@ from ovdet.data.sources import (
     image_root,
     image_size,
     input_files,
+    is_number,
     make_key,
     read_json,
     with_dropped,
@@ -52,6 +53,17 @@ def read_coco(
     ``categories``, when given, is filled with the files' category tables (by id, first file
     wins), so the shard manifest gets them without parsing a 1 GB LVIS file twice.
     """
+    yield from read_coco_files(source, root, coco_record, categories)
+
+
+def read_coco_files(
+    source: SourceConfig,
+    root: Path,
+    build_record: RecordBuilder,
+    categories: dict[int, dict[str, Any]] | None = None,
+) -> Iterator[Record | RecordError]:
+    """Every COCO-layout file of ``source`` through ``read_coco_data`` (``coco``, and ``mdetr`` with
+    its own ``build_record``); several files are told apart by ``file_tags`` in the keys."""
     images_dir = image_root(source, root)
     files = input_files(source, root)
     tags = file_tags(files)
@@ -60,7 +72,7 @@ def read_coco(
         table = category_table(path, data)
         if categories is not None:
             categories.update({k: v for k, v in table.items() if k not in categories})
-        yield from read_coco_data(path, data, table, source.name, images_dir, file_tag=tags[path])
+        yield from read_coco_data(path, data, table, source.name, images_dir, build_record, tags[path])
 
 
 def read_coco_categories(path: str | Path) -> list[dict[str, Any]]:
@@ -69,30 +81,21 @@ def read_coco_categories(path: str | Path) -> list[dict[str, Any]]:
     return [dict(category) for category in category_table(path, load_coco_json(path)).values()]
 
 
-def read_coco_file(
-    path: Path, source_name: str, images_dir: Path, build_record: RecordBuilder | None = None, file_tag: str = ""
-) -> Iterator[Record | RecordError]:
-    """Records of one COCO-layout file (see ``read_coco_data``)."""
-    data = load_coco_json(path)
-    yield from read_coco_data(path, data, category_table(path, data), source_name, images_dir, build_record, file_tag)
-
-
 def read_coco_data(
     path: Path,
     data: dict[str, Any],
     categories: dict[int, dict[str, Any]],
     source_name: str,
     images_dir: Path,
-    build_record: RecordBuilder | None = None,
-    file_tag: str = "",
+    build_record: RecordBuilder,
+    file_tag: str,
 ) -> Iterator[Record | RecordError]:
     """Records of one parsed COCO-layout file; ``build_record`` turns one image and its annotations
-    into the record and its dropped annotations (default ``coco_record``; MDETR passes its own).
+    into the record and its dropped annotations (``coco_record``, or MDETR's ``mdetr_record``).
 
     Per image: a rejection, or its dropped annotations then its record. After the images: the
     annotations that name no image, and repeated annotation ids (each an ``AnnotationError``).
     """
-    build_record = build_record or coco_record
 
     def key_of(image_id: Any) -> str:
         return make_key(source_name, image_id, file_tag)
@@ -162,7 +165,9 @@ def group_annotations(
         if not is_id(image_id) or image_id not in image_ids:
             dropped.append(AnnotationError(str(path), label, f"image id {image_id} not found"))
         elif is_id(annotation_id) and annotation_id in seen_ids:
-            dropped.append(AnnotationError(key_of(image_id), label, f"duplicate annotation id {annotation_id}"))
+            dropped.append(
+                AnnotationError(key_of(image_id), label, f"duplicate annotation id {annotation_id}")
+            )
         else:
             seen_ids.add(annotation_id)
             by_image.setdefault(image_id, []).append((label, annotation))
@@ -190,16 +195,27 @@ def coco_record(
         meta={"image_id": image["id"], "clipped_boxes": 0},
     )
     add_lvis_labels(record, image, categories)
-    dropped = []
-    for label, annotation in annotations:
-        try:
-            add_annotation(record, label, annotation, categories)
-        except BadRecord as exc:
-            dropped.append(AnnotationError(key, label, exc.reason))
+    dropped = drop_invalid(
+        key, annotations, lambda label, annotation: add_annotation(record, label, annotation, categories)
+    )
     frequencies = [categories[c].get("frequency") for c in record.category_ids]
     if any(f is not None for f in frequencies):
         record.meta["frequency"] = frequencies
     return with_dropped(record, dropped, len(annotations))
+
+
+def drop_invalid(
+    key: str, annotations: list[Labelled], add: Callable[[str, dict[str, Any]], None]
+) -> list[AnnotationError]:
+    """``add`` each annotation to the record ``key``; the ones it refuses (``BadRecord``) come back
+    as ``AnnotationError``s, the rest of the record is kept."""
+    dropped = []
+    for label, annotation in annotations:
+        try:
+            add(label, annotation)
+        except BadRecord as exc:
+            dropped.append(AnnotationError(key, label, exc.reason))
+    return dropped
 
 
 def add_annotation(
@@ -218,8 +234,10 @@ def add_annotation(
     record.meta["clipped_boxes"] += int(was_clipped)
     # COCO's area (segment pixels) decides the small/medium/large ranges: keep it for evaluation.
     area = annotation.get("area")
-    has_area = isinstance(area, int | float) and not isinstance(area, bool) and area > 0
-    record.meta.setdefault("areas", []).append(float(area) if has_area else (box[2] - box[0]) * (box[3] - box[1]))
+    has_area = is_number(area) and area > 0
+    record.meta.setdefault("areas", []).append(
+        float(area) if has_area else (box[2] - box[0]) * (box[3] - box[1])
+    )
 
 
 def crowd_flag(annotation: dict[str, Any]) -> int:

@@ -18,21 +18,17 @@ from typing import Any
 from ovdet.config import SourceConfig
 from ovdet.data.records import Record
 from ovdet.data.sources import (
-    BadRecord,
     check_box,
     check_caption,
     check_spans,
-    file_tags,
     group_phrases,
-    image_root,
     image_size,
-    input_files,
     span_text,
     with_dropped,
     xywh_to_xyxy,
 )
-from ovdet.data.sources.coco import Labelled, crowd_flag, image_file_name, read_coco_file
-from ovdet.errors import AnnotationError, RecordError
+from ovdet.data.sources.coco import Labelled, crowd_flag, drop_invalid, image_file_name, read_coco_files
+from ovdet.errors import RecordError
 
 KEPT_IMAGE_FIELDS = ("dataset_name", "original_img_id", "original_id", "sentence_id")
 
@@ -40,11 +36,7 @@ KEPT_IMAGE_FIELDS = ("dataset_name", "original_img_id", "original_id", "sentence
 def read_mdetr(source: SourceConfig, root: Path) -> Iterator[Record | RecordError]:
     """Grounding records of every MDETR JSON in ``source.paths``; several files (GoldG's mixed +
     Flickr files, each numbering images from 0) are told apart by the file's stem in the key."""
-    images_dir = image_root(source, root)
-    files = input_files(source, root)
-    tags = file_tags(files)
-    for path in files:
-        yield from read_coco_file(path, source.name, images_dir, build_record=mdetr_record, file_tag=tags[path])
+    yield from read_coco_files(source, root, mdetr_record)
 
 
 def mdetr_record(
@@ -72,12 +64,12 @@ def mdetr_record(
         meta={"image_id": image["id"], "clipped_boxes": 0},
     )
     record.meta.update({k: image[k] for k in KEPT_IMAGE_FIELDS if k in image})
-    box_spans, dropped = [], []
-    for label, annotation in annotations:
-        try:
-            box_spans.append(add_grounded_box(record, label, annotation))
-        except BadRecord as exc:
-            dropped.append(AnnotationError(key, label, exc.reason))
+    box_spans: list[list[tuple[int, int]]] = []
+
+    def add(label: str, annotation: dict[str, Any]) -> None:
+        box_spans.append(add_grounded_box(record, label, annotation))
+
+    dropped = drop_invalid(key, annotations, add)
     record.phrases = group_phrases(caption, box_spans)
     return with_dropped(record, dropped, len(annotations))
 

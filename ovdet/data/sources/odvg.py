@@ -116,8 +116,9 @@ def count_boxes(line: Any) -> int:
     """How many boxes an invalid line held (the box-level counts of a rejected line)."""
     if not isinstance(line, dict):
         return 0
-    instances = (line.get("detection") or {}).get("instances") if isinstance(line.get("detection"), dict) else None
-    regions = (line.get("grounding") or {}).get("regions") if isinstance(line.get("grounding"), dict) else None
+    detection, grounding = line.get("detection"), line.get("grounding")
+    instances = detection.get("instances") if isinstance(detection, dict) else None
+    regions = grounding.get("regions") if isinstance(grounding, dict) else None
     count = len(instances) if isinstance(instances, list) else 0
     if isinstance(regions, list):
         count += sum(len(region_boxes(r.get("bbox"))) if isinstance(r, dict) else 1 for r in regions)
