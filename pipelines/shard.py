@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ovdet.pipelines.shard_report import build_manifest, dry_run_summary, image_file_of, rejection_row
+
 from ovdet.config import DataConfig, to_dict
 from ovdet.data.records import Record
 from ovdet.data.shards import (
@@ -26,11 +28,10 @@ from ovdet.data.shards import (
     REJECTED,
     read_manifest,
     sha256_file,
-    write_json_atomic,
     write_tar_atomic,
 )
 from ovdet.errors import AnnotationError, OvdetError, RecordError
-from pipelines.shard_report import build_manifest, dry_run_summary, image_file_of, rejection_row
+from ovdet.fileio import read_json, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +163,15 @@ def write_shard(plan: ShardPlan, out_dir: str) -> dict[str, Any]:
         "names": sorted(set(names)),
         "clipped_boxes": clipped,
     }
-    write_json_atomic(done, entry)
+    write_json_atomic(done, entry, ensure_ascii=True)
     return entry | {"skipped": False}
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:
+    """The ``.done.json`` of a finished shard; None when missing or unreadable (the shard is redone)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json(path, dict)
+    except OvdetError:
         return None
 
 
@@ -201,7 +203,7 @@ def run_shard_stage(
     entries = run_ray_tasks([s for p in plans for s in p.shards], out_dir, cfg, progress)
     manifest = build_manifest(cfg, plans, entries)
     write_rejected(out_dir, plans, entries)
-    write_json_atomic(out_dir / MANIFEST, manifest)
+    write_json_atomic(out_dir / MANIFEST, manifest, ensure_ascii=True)
     return manifest
 
 
@@ -248,10 +250,9 @@ def run_ray_tasks(shards: list[ShardPlan], out_dir: Path, cfg: DataConfig, progr
 
 
 def write_rejected(out_dir: Path, plans: list[SourcePlan], entries: dict[str, dict]) -> None:
-    lines = []
+    """``rejected.jsonl``: every source's rejections in plan order. Like the manifest and the
+    sidecars, ASCII-escaped: a rejection's path may hold bytes that are not UTF-8."""
+    rows = []
     for plan in plans:
-        rows = plan.rejected + [r for s in plan.shards for r in entries[s.path]["rejected"]]
-        lines.extend(json.dumps(row, sort_keys=True) for row in rows)
-    temp = out_dir / f".{REJECTED}.tmp-{os.getpid()}"
-    temp.write_text("".join(line + "\n" for line in lines))
-    os.replace(temp, out_dir / REJECTED)
+        rows += plan.rejected + [r for s in plan.shards for r in entries[s.path]["rejected"]]
+    write_jsonl_atomic(out_dir / REJECTED, rows, sort_keys=True, ensure_ascii=True)

@@ -26,6 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ovdet.config import LoaderConfig
+from ovdet.data.letterbox import boxes_to_letterbox, letterbox
 from ovdet.data.prompts import prompt_name, prompt_texts
 from ovdet.data.records import Record
 from ovdet.data.shards import SampleLocation, index_tar, read_manifest
@@ -96,33 +97,6 @@ class MixedSampleStream:
         return out
 
 
-def letterbox(image: Image.Image, size: int, scale_factor: float = 1.0, flip: bool = False):
-    """Resize so the longer side is ``size * scale_factor``, paste top-left on a ``size`` square.
-
-    Returns ``(uint8 array [size, size, 3], scale)`` where scale maps original pixels to input pixels.
-    """
-    width, height = image.size
-    scale = size * scale_factor / max(width, height)
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    image.draft("RGB", new_size)  # JPEG DCT downscaling: decode less when shrinking a lot
-    resized = image.convert("RGB").resize(new_size, Image.BILINEAR)
-    if flip:
-        resized = resized.transpose(Image.FLIP_LEFT_RIGHT)
-    canvas = np.zeros((size, size, 3), dtype=np.uint8)
-    canvas[: new_size[1], : new_size[0]] = np.asarray(resized)
-    return canvas, scale
-
-
-def transform_boxes(boxes: np.ndarray, scale: float, flip_width: float | None, size: int) -> np.ndarray:
-    """Original xyxy pixels -> normalized cxcywh of the letterboxed input."""
-    boxes = boxes * scale
-    if flip_width is not None:
-        boxes = np.stack([flip_width - boxes[:, 2], boxes[:, 1], flip_width - boxes[:, 0], boxes[:, 3]], axis=1)
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return np.stack([cx, cy, w, h], axis=1) / size
-
-
 class ShardSampleDataset(Dataset):
     """Random access to shard samples by global stream index (see module docstring)."""
 
@@ -166,7 +140,7 @@ def build_sample(jpeg: bytes, record: Record, pool: list[str], cfg: LoaderConfig
     positives, box_labels, keep = positives_of(record)
     boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)[keep]
     flip_width = record.width * scale if flip else None
-    boxes = transform_boxes(boxes, scale, flip_width, cfg.image_size).astype(np.float32)
+    boxes = boxes_to_letterbox(boxes, scale, cfg.image_size, flip_width)
     negatives = negatives_of(record, positives, pool, cfg, rng)
     texts = apply_templates(positives + negatives, record.kind, cfg, rng)
     is_image_text = record.kind == "image_text"
@@ -175,7 +149,7 @@ def build_sample(jpeg: bytes, record: Record, pool: list[str], cfg: LoaderConfig
         "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
         "texts": texts,
         "labels": torch.as_tensor(box_labels, dtype=torch.long),
-        "boxes": torch.from_numpy(boxes),
+        "boxes": boxes,
         "image_labels": torch.arange(len(positives)) if is_image_text else torch.zeros(0, dtype=torch.long),
         "has_boxes": not is_image_text,
         "key": record.key,

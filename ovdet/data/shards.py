@@ -16,15 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ovdet.errors import OvdetError
+from ovdet.fileio import read_json
+
 MANIFEST = "manifest.json"
 REJECTED = "rejected.jsonl"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(temp, path)
 
 
 def write_tar_atomic(path: Path, samples: list[tuple[str, bytes, dict]]) -> None:
@@ -65,15 +61,10 @@ def sha256_file(path: Path) -> str:
 
 
 def read_manifest(shard_dir: Path) -> dict[str, Any]:
-    from ovdet.errors import OvdetError
-
     path = Path(shard_dir) / MANIFEST
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise OvdetError(f"{path}: no manifest; run `ovdet shard` first") from None
-    except json.JSONDecodeError as exc:
-        raise OvdetError(f"{path}:{exc.lineno}: invalid manifest JSON: {exc.msg}") from None
+    if not path.is_file():
+        raise OvdetError(f"{path}: no manifest; run `ovdet shard` first")
+    return read_json(path, dict)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from ovdet.errors import OvdetError
+from ovdet.fileio import read_yaml, write_text_atomic
 
 SPLITS = ("base", "novel")
 LVIS_FREQUENCIES = ("r", "c", "f")
@@ -50,7 +51,6 @@ OV_COCO_NOVEL = [
     "skateboard", "cup", "knife", "cake", "couch", "keyboard", "sink", "scissors",
 ]  # fmt: skip
 PRESETS = ("ov-coco", "lvis")
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: LVIS-size vocabularies load 10x faster
 
 
 @dataclass
@@ -112,7 +112,7 @@ class Vocabulary:
         """Write the vocabulary in the YAML format that ``load_vocabulary`` reads."""
         categories = [{k: v for k, v in asdict(c).items() if v is not None} for c in self.categories]
         text = yaml.safe_dump({"categories": categories, "prompts": self.prompts}, sort_keys=False)
-        Path(path).write_text(text)
+        write_text_atomic(path, text)
 
 
 def normalize_name(name: str) -> str:
@@ -185,10 +185,7 @@ def names_vocabulary(names: list[str], gt: dict | None, source: str) -> Vocabula
 
 
 def read_yaml_vocabulary(path: Path) -> Vocabulary:
-    try:
-        data = yaml.load(path.read_text(), Loader=SAFE_LOADER)
-    except yaml.YAMLError as exc:
-        raise OvdetError(f"{path}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    data = read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("categories"), list):
         raise OvdetError(f"{path}: expected a mapping with a 'categories' list")
     unknown = set(data) - TOP_LEVEL_KEYS

@@ -15,9 +15,10 @@ from typing import Any
 from ovdet.config import EvalConfig
 from ovdet.data.vocab import load_vocabulary
 from ovdet.errors import OvdetError
-from ovdet.eval.inputs import read_json
-from ovdet.eval.metrics import evaluate
+from ovdet.eval.metrics import evaluate, write_metrics
 from ovdet.eval.protocols import MODEL_DETECTIONS_PER_IMAGE, resolve_protocol
+from ovdet.fileio import read_json, write_json_atomic
+from ovdet.ops.boxes import box_xyxy_to_xywh
 
 
 def predict_coco(detector, gt: dict, images, vocab, cfg: EvalConfig, progress: bool) -> list[dict]:
@@ -34,13 +35,19 @@ def predict_coco(detector, gt: dict, images, vocab, cfg: EvalConfig, progress: b
     )
     detections = []
     for image, found in zip(gt["images"], results, strict=True):
-        for det in found:
-            x1, y1, x2, y2 = det.box_xyxy
+        for det, box in zip(found, xywh_boxes([d.box_xyxy for d in found]), strict=True):
             detections.append({
                 "image_id": image["id"], "category_id": vocab.ids[det.label_index],
-                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)], "score": round(det.score, 5),
+                "bbox": [round(v, 2) for v in box], "score": round(det.score, 5),
             })
     return detections
+
+
+def xywh_boxes(boxes_xyxy: list[list[float]]) -> list[list[float]]:
+    """xyxy -> COCO xywh, in float64 (the precision of the Python floats given and returned)."""
+    import torch  # loaded already: a detector or the trainer runs in this process
+
+    return box_xyxy_to_xywh(torch.tensor(boxes_xyxy, dtype=torch.float64).reshape(-1, 4)).tolist()
 
 
 def image_paths(gt: dict, image_root: Path) -> list[Path]:
@@ -100,15 +107,16 @@ def add_record_to_gt(gt: dict, record, vocab) -> None:
         image["not_exhaustive_category_ids"] = vocabulary_ids(record.meta["not_exhaustive_categories"], vocab)
     gt["images"].append(image)
     crowd = record.is_crowd or [0] * len(record.boxes)
-    areas = record.meta.get("areas") or [(x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in record.boxes]
-    for (x1, y1, x2, y2), name, is_crowd, area in zip(record.boxes, record.category_names, crowd, areas, strict=True):
+    boxes = xywh_boxes(record.boxes)
+    areas = record.meta.get("areas") or [w * h for _, _, w, h in boxes]
+    for box, name, is_crowd, area in zip(boxes, record.category_names, crowd, areas, strict=True):
         try:
             category_id = vocab.by_name(name).id
         except OvdetError:
             raise OvdetError(f"shard record {record.key}: category {name!r} is not in the vocabulary") from None
         gt["annotations"].append({
             "id": len(gt["annotations"]) + 1, "image_id": image_id, "category_id": category_id,
-            "bbox": [x1, y1, x2 - x1, y2 - y1], "area": area, "iscrowd": int(is_crowd),
+            "bbox": box, "area": area, "iscrowd": int(is_crowd),
         })
 
 
@@ -151,10 +159,10 @@ def evaluate_model(model_path: str | Path, cfg: EvalConfig, out_dir: Path, progr
     detector = detector or Detector.from_pretrained(model_path)
     detections = predict_coco(detector, gt, images, vocab, cfg, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "detections.json").write_text(json.dumps(detections))
+    write_json_atomic(out_dir / "detections.json", detections, indent=None, sort_keys=False)
     metrics = evaluate(gt, detections, vocab, protocol=cfg.protocol, dets_per_category=cfg.dets_per_category)
     metrics["model"] = str(model_path)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_metrics(out_dir, metrics)
     print(format_table(metrics))
     write_report(out_dir, metrics, gt, detections, vocab, image_root=image_root)
     return metrics

@@ -6,8 +6,6 @@ types and values here; which of them a protocol then keeps is ``ovdet.eval.proto
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,29 +13,9 @@ import numpy as np
 from ovdet.data.vocab import Vocabulary, normalize_name
 from ovdet.errors import OvdetError
 from ovdet.eval.engine import Detections
+from ovdet.fileio import is_integer, is_number
 
 FEDERATED_IMAGE_KEYS = ("neg_category_ids", "not_exhaustive_category_ids")  # LVIS v1 image fields
-
-
-def read_json(path: str | Path, expected: type) -> Any:
-    try:
-        with open(path) as file:
-            data = json.load(file)
-    except OSError as exc:
-        raise OvdetError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise OvdetError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg}") from None
-    if not isinstance(data, expected):
-        raise OvdetError(f"{path}: expected a JSON {expected.__name__}, got {type(data).__name__}")
-    return data
-
-
-def is_integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def checked_ground_truth(gt: dict) -> dict:

@@ -10,18 +10,18 @@ dict schema is in ``docs/evaluation.md``. No torch import anywhere on this path.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from ovdet.data.vocab import Vocabulary, load_vocabulary
 from ovdet.eval.engine import AREA_LABELS, AREA_RANGES, IOU_THRESHOLDS, accumulate
-from ovdet.eval.inputs import check_vocabulary_in_gt, checked_detections, checked_ground_truth, read_json
+from ovdet.eval.inputs import check_vocabulary_in_gt, checked_detections, checked_ground_truth
 from ovdet.eval.protocols import FIXED_DETS_PER_CATEGORY, prepare, resolve_protocol
 from ovdet.eval.summary import METRIC_SPECS, harmonic_mean, summarize
+from ovdet.fileio import read_json, write_json_atomic
 
-__all__ = ["METRIC_SPECS", "evaluate", "evaluate_files", "harmonic_mean", "read_json"]
+__all__ = ["METRIC_SPECS", "evaluate", "evaluate_files", "harmonic_mean", "write_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +97,14 @@ def evaluate_files(
     metrics = evaluate(gt, detections, vocab, protocol=protocol, engine=engine, dets_per_category=dets_per_category,
                        detections_name=str(detections_path))  # fmt: skip
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_metrics(out_dir, metrics)
     print(format_table(metrics))
     if report:
         write_report(out_dir, metrics, gt, detections, vocab, image_root=image_root)
     return metrics
+
+
+def write_metrics(out_dir: Path, metrics: dict[str, Any]) -> Path:
+    """``out_dir/metrics.json`` (the folder is created), keys in ``evaluate``'s order. Non-ASCII is
+    escaped: ``metrics["model"]`` is a path, which may hold bytes that are not UTF-8."""
+    return write_json_atomic(Path(out_dir) / "metrics.json", metrics, sort_keys=False, ensure_ascii=True)

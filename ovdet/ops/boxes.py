@@ -1,50 +1,71 @@
-"""Box conversions and the IoU family: small pure functions over ``(..., 4)`` tensors.
+"""Box conversions and GIoU: small pure functions, the one place a box changes format.
 
-The format is in the name: ``xyxy`` (corners), ``xywh`` (top-left corner and size), ``cxcywh``
-(centre and size; the detector's normalized output). A thin layer over ``torchvision.ops``: only
-what torchvision lacks is written here (``box_area`` and the batched GIoU over leading dims).
+The format is in the name: ``xyxy`` (corners), ``xywh`` (top-left corner and size: COCO),
+``cxcywh`` (centre and size: the detector's normalized output). Tensor functions take ``(..., 4)``
+and are thin over ``torchvision.ops``; only what torchvision lacks is written here (``box_area``
+and GIoU over leading dims). Call torchvision directly for what it already names well
+(``box_iou``, ``generalized_box_iou``, ``batched_nms``, ``remove_small_boxes``).
+
+Two conversions work on other containers, with torchvision's arithmetic (the same floats out):
+``box_xywh_to_xyxy_list`` on plain lists, for the source readers in the shard stage, where
+importing torch would cost the driver and every Ray worker seconds; ``box_xyxy_to_cxcywh_array``
+on numpy, for the loader, which converts a handful of boxes per sample in a DataLoader worker,
+where numpy takes ~10 us and a torch call ~50 us. torch itself loads on the first tensor call,
+not on import.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-from torchvision import ops
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ovdet.fileio import is_number
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     """(..., 4) cxcywh -> (..., 4) xyxy."""
-    return ops.box_convert(boxes, in_fmt="cxcywh", out_fmt="xyxy")
+    from torchvision.ops import box_convert
+
+    return box_convert(boxes, in_fmt="cxcywh", out_fmt="xyxy")
 
 
-def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
-    """(..., 4) xyxy -> (..., 4) cxcywh."""
-    return ops.box_convert(boxes, in_fmt="xyxy", out_fmt="cxcywh")
-
-
-def box_xywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """(..., 4) xywh (COCO) -> (..., 4) xyxy."""
-    return ops.box_convert(boxes, in_fmt="xywh", out_fmt="xyxy")
+def box_xyxy_to_cxcywh_array(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4) xyxy -> (N, 4) cxcywh, numpy (see the module docstring), same dtype."""
+    x1, y1, x2, y2 = boxes.T
+    return np.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=1)
 
 
 def box_xyxy_to_xywh(boxes: Tensor) -> Tensor:
     """(..., 4) xyxy -> (..., 4) xywh (COCO)."""
-    return ops.box_convert(boxes, in_fmt="xyxy", out_fmt="xywh")
+    from torchvision.ops import box_convert
+
+    return box_convert(boxes, in_fmt="xyxy", out_fmt="xywh")
+
+
+def box_xywh_to_xyxy_list(box: Any) -> Any:
+    """One COCO ``[x, y, w, h]`` list -> ``[x, y, x + w, y + h]``, in plain Python floats (see the
+    module docstring), computed as torchvision's ``box_convert`` does. Anything else (a malformed
+    box from an annotation file) is returned unchanged for the caller's validation to reject."""
+    if isinstance(box, list | tuple) and len(box) == 4 and all(is_number(v) for v in box):
+        x, y, w, h = box
+        return [x, y, x + w, y + h]
+    return box
+
+
+def clip_boxes_xyxy(boxes: Tensor, width: float, height: float) -> Tensor:
+    """(..., 4) xyxy clamped to the image ``[0, width] x [0, height]``."""
+    from torchvision.ops import clip_boxes_to_image
+
+    return clip_boxes_to_image(boxes, (height, width))
 
 
 def box_area(boxes: Tensor) -> Tensor:
     """(..., 4) xyxy -> (...) area. torchvision's ``box_area`` takes only [N, 4]."""
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-
-
-def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """[N, 4] xyxy, [M, 4] xyxy -> [N, M] pairwise IoU."""
-    return ops.box_iou(boxes1, boxes2)
-
-
-def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """[N, 4] xyxy, [M, 4] xyxy -> [N, M] pairwise GIoU in [-1, 1] (Rezatofighi et al. 2019)."""
-    return ops.generalized_box_iou(boxes1, boxes2)
 
 
 def batched_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -53,6 +74,8 @@ def batched_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     Any number of leading dims works ([N, 4], [M, 4] gives torchvision's [N, M]). Boxes must have
     positive area; degenerate pairs give NaN as in torchvision.
     """
+    import torch
+
     pairs1, pairs2 = boxes1[..., :, None, :], boxes2[..., None, :, :]  # (..., n, 1, 4), (..., 1, m, 4)
     inter_lt = torch.max(pairs1[..., :2], pairs2[..., :2])  # (..., n, m, 2)
     inter_rb = torch.min(pairs1[..., 2:], pairs2[..., 2:])  # (..., n, m, 2)
@@ -62,8 +85,3 @@ def batched_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     hull_wh = torch.max(pairs1[..., 2:], pairs2[..., 2:]) - torch.min(pairs1[..., :2], pairs2[..., :2])
     hull = hull_wh[..., 0] * hull_wh[..., 1]  # (..., n, m)
     return inter / union - (hull - union) / hull
-
-
-def clip_boxes_xyxy(boxes: Tensor, width: float, height: float) -> Tensor:
-    """(..., 4) xyxy clamped to the image ``[0, width] x [0, height]``."""
-    return ops.clip_boxes_to_image(boxes, (height, width))

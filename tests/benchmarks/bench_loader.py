@@ -31,10 +31,11 @@ from ovdet.config import LoaderConfig, SourceConfig, SynthConfig
 
 
 def make_shards(work: Path, size: int) -> Path:
+    from ovdet.pipelines.shard import run_shard_stage
+
     from ovdet.config import DataConfig
     from ovdet.data.shards import MANIFEST
     from ovdet.data.synthetic import generate_world
-    from pipelines.shard import run_shard_stage
 
     world = work / f"world-{size}"
     generate_world(

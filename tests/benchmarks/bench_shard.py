@@ -8,7 +8,7 @@ validation) and ``ovdet.data.images.load_image`` (full decode, checks, resize to
 so every image is re-encoded), then write ``KEY.jpg`` + ``KEY.json`` tars of
 ``--per-shard`` samples.
 
-* ours: ``pipelines.shard.run_shard_stage`` with ``num_cpus=--workers``, timed three ways:
+* ours: ``ovdet.pipelines.shard.run_shard_stage`` with ``num_cpus=--workers``, timed three ways:
   cold (``ray.init`` and ``ray.shutdown`` inside the stage, as one ``ovdet shard`` runs), warm
   (Ray already started; its worker processes still start and import on the first tasks), and
   steady (a second run on the same cluster: plan, tasks and manifest only).
@@ -54,7 +54,7 @@ def data_config(world: Path, args) -> DataConfig:
 
 
 def run_ours(cfg: DataConfig, out: Path) -> tuple[float, int]:
-    from pipelines.shard import run_shard_stage
+    from ovdet.pipelines.shard import run_shard_stage
 
     start = time.perf_counter()
     manifest = run_shard_stage(cfg, out, progress=False)

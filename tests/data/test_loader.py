@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import torch
 from fixtures import jpeg_bytes
+from ovdet.pipelines.shard import names_of
 from PIL import Image
 
 from ovdet.config import LoaderConfig
 from ovdet.data.loader import MixedSampleStream, TrainLoader, build_sample, texts_of
 from ovdet.data.records import Phrase, Record
-from ovdet.data.shards import MANIFEST, write_json_atomic, write_tar_atomic
+from ovdet.data.shards import MANIFEST, write_tar_atomic
+from ovdet.fileio import write_json_atomic
 from ovdet.ops.boxes import box_cxcywh_to_xyxy
-from pipelines.shard import names_of
 
 NAMES = [f"thing{i}" for i in range(30)]
 

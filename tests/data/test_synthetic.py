@@ -9,15 +9,8 @@ import yaml
 from PIL import Image
 
 from ovdet.config import SynthConfig
-from ovdet.data.synthetic import (
-    CATEGORIES,
-    COLOURS,
-    NOVEL_NAMES,
-    SHAPES,
-    SPLITS,
-    generate_world,
-    sample_image,
-)
+from ovdet.data.synthetic import generate_world
+from ovdet.data.synthetic_scenes import CATEGORIES, COLOURS, NOVEL_NAMES, SHAPES, SPLITS, sample_image
 from ovdet.errors import OvdetError
 
 SMALL = dict(image_size=96, num_detection=6, num_grounding=6, num_image_text=6, num_eval=6)

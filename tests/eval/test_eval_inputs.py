@@ -65,7 +65,7 @@ def test_malformed_json_names_the_file(coco_world, tmp_path):
     gt_path.write_text("{}")
     detections_path = tmp_path / "dets.json"
     detections_path.write_text('[{"image_id": 1,')
-    with pytest.raises(OvdetError, match=r"dets\.json:1: malformed JSON"):
+    with pytest.raises(OvdetError, match=r"dets\.json:1: invalid JSON"):
         evaluate_files(gt_path, detections_path, "cat", tmp_path / "out")
 
 

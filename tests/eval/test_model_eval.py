@@ -21,8 +21,9 @@ from ovdet.models import create_detector
 
 @pytest.fixture(scope="module")
 def world_and_shards(tmp_path_factory):
+    from ovdet.pipelines.shard import run_shard_stage
+
     from ovdet.data.synthetic import generate_world
-    from pipelines.shard import run_shard_stage
 
     root = tmp_path_factory.mktemp("eval-world")
     world = root / "world"
@@ -36,7 +37,7 @@ def world_and_shards(tmp_path_factory):
 def lvis_world_and_shards(world_and_shards, tmp_path_factory):
     """The eval set in LVIS format: per image, half the absent categories verified negative and the
     first present one not exhaustive."""
-    from pipelines.shard import run_shard_stage
+    from ovdet.pipelines.shard import run_shard_stage
 
     world, _ = world_and_shards
     gt = json.loads((world / "eval.json").read_text())

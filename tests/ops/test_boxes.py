@@ -1,19 +1,23 @@
-"""Box conversions and the IoU family against hand-worked values and torchvision."""
+"""Box conversions and GIoU against hand-worked values and torchvision."""
 
+import random
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 import torchvision
+from torchvision.ops import box_convert, box_iou, generalized_box_iou
 
 from ovdet.ops.boxes import (
     batched_generalized_box_iou,
     box_area,
     box_cxcywh_to_xyxy,
-    box_iou,
-    box_xywh_to_xyxy,
-    box_xyxy_to_cxcywh,
+    box_xywh_to_xyxy_list,
+    box_xyxy_to_cxcywh_array,
     box_xyxy_to_xywh,
     clip_boxes_xyxy,
-    generalized_box_iou,
 )
 
 
@@ -26,17 +30,17 @@ def random_xyxy(*shape: int, generator: torch.Generator | None = None) -> torch.
 
 def test_conversions_follow_hand_worked_box():
     xyxy = torch.tensor([10.0, 20.0, 50.0, 80.0])
-    assert box_xyxy_to_cxcywh(xyxy).tolist() == [30.0, 50.0, 40.0, 60.0]
+    assert box_xyxy_to_cxcywh_array(xyxy[None].numpy()).tolist() == [[30.0, 50.0, 40.0, 60.0]]
     assert box_xyxy_to_xywh(xyxy).tolist() == [10.0, 20.0, 40.0, 60.0]
     assert box_cxcywh_to_xyxy(torch.tensor([30.0, 50.0, 40.0, 60.0])).tolist() == xyxy.tolist()
-    assert box_xywh_to_xyxy(torch.tensor([10.0, 20.0, 40.0, 60.0])).tolist() == xyxy.tolist()
+    assert box_xywh_to_xyxy_list([10.0, 20.0, 40.0, 60.0]) == xyxy.tolist()
 
 
 def test_conversions_round_trip_over_leading_dims():
     boxes = random_xyxy(3, 5, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(box_cxcywh_to_xyxy(box_xyxy_to_cxcywh(boxes)), boxes)
-    torch.testing.assert_close(box_xywh_to_xyxy(box_xyxy_to_xywh(boxes)), boxes)
-    assert box_xyxy_to_cxcywh(boxes).shape == (3, 5, 4)
+    torch.testing.assert_close(box_cxcywh_to_xyxy(box_convert(boxes, "xyxy", "cxcywh")), boxes)
+    torch.testing.assert_close(box_convert(box_xyxy_to_xywh(boxes), "xywh", "xyxy"), boxes)
+    assert box_cxcywh_to_xyxy(boxes).shape == box_xyxy_to_xywh(boxes).shape == (3, 5, 4)
 
 
 def test_box_area_over_leading_dims():
@@ -67,7 +71,8 @@ def test_iou_and_giou_match_hand_worked_values(box1, box2, iou, giou):
 
 
 def test_giou_of_disjoint_boxes_is_negative():
-    assert generalized_box_iou(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([[5.0, 5.0, 6.0, 6.0]])) < 0
+    far_apart = torch.tensor([[[0.0, 0.0, 1.0, 1.0]]]), torch.tensor([[[5.0, 5.0, 6.0, 6.0]]])
+    assert batched_generalized_box_iou(*far_apart) < 0
 
 
 def test_batched_generalized_box_iou_equals_torchvision_per_item():
@@ -91,3 +96,32 @@ def test_clip_boxes_xyxy_clamps_to_the_image():
     boxes = torch.tensor([[[-5.0, 10.0, 120.0, 90.0]], [[20.0, -1.0, 30.0, 200.0]]])
     clipped = clip_boxes_xyxy(boxes, width=100, height=80)
     assert clipped.tolist() == [[[0.0, 10.0, 100.0, 80.0]], [[20.0, 0.0, 30.0, 80.0]]]
+
+
+def test_xywh_list_conversion_equals_torchvision_in_double_precision():
+    """The source readers' plain-Python conversion gives what ``box_convert`` gives on float64."""
+    rng = random.Random(0)
+    boxes = [[rng.uniform(-50, 500), rng.uniform(-50, 500), rng.uniform(0, 300), rng.uniform(0, 300)]
+             for _ in range(200)]
+    expected = box_convert(torch.tensor(boxes, dtype=torch.float64), "xywh", "xyxy").tolist()
+    assert [box_xywh_to_xyxy_list(box) for box in boxes] == expected
+
+
+@pytest.mark.parametrize("box", [None, [1.0, 2.0, 3.0], [1, 2, "3", 4], [True, 0, 1, 1], "0 0 1 1"])
+def test_xywh_list_conversion_passes_malformed_boxes_on_for_validation(box):
+    assert box_xywh_to_xyxy_list(box) is box
+
+
+def test_importing_box_ops_does_not_load_torch():
+    """The shard stage's readers use the list conversion in processes that never load torch."""
+    code = "import sys, ovdet.ops.boxes; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_array_conversion_equals_torchvision_bit_for_bit():
+    """The loader's numpy conversion gives exactly what ``box_convert`` gives on the same float32 boxes."""
+    boxes = random_xyxy(50, generator=torch.Generator().manual_seed(3)) * 300
+    converted = box_xyxy_to_cxcywh_array(boxes.numpy())
+    assert converted.dtype == np.float32
+    assert torch.equal(torch.from_numpy(converted), box_convert(boxes, "xyxy", "cxcywh"))

@@ -38,6 +38,7 @@ from fixtures import (  # noqa: E402
     write_png,
     write_wds_tar,
 )
+from ovdet.pipelines.shard import run_shard_stage  # noqa: E402
 
 from ovdet.cli import main as ovdet_main  # noqa: E402
 from ovdet.config import DataConfig, LoaderConfig, SynthConfig, load_config  # noqa: E402
@@ -46,7 +47,6 @@ from ovdet.data.loader import TrainLoader  # noqa: E402
 from ovdet.data.records import Record  # noqa: E402
 from ovdet.data.sources import iter_source  # noqa: E402
 from ovdet.data.synthetic import generate_world  # noqa: E402
-from pipelines.shard import run_shard_stage  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -21,20 +21,19 @@ from urllib.parse import urlparse
 
 from ovdet.config import SourceConfig
 from ovdet.data.records import Record
-from ovdet.data.sources import (
+from ovdet.data.sources.common import (
     BadRecord,
     check_box,
     file_tags,
     image_root,
     image_size,
     input_files,
-    is_number,
     make_key,
-    read_json,
     with_dropped,
-    xywh_to_xyxy,
 )
 from ovdet.errors import AnnotationError, OvdetError, RecordError
+from ovdet.fileio import is_number, read_json
+from ovdet.ops.boxes import box_xywh_to_xyxy_list
 
 # An annotation with the label naming it in reasons (its id, or "#index" when it has none).
 Labelled = tuple[str, dict[str, Any]]
@@ -226,7 +225,8 @@ def add_annotation(
     category_id = annotation.get("category_id")
     if not isinstance(category_id, int) or category_id not in categories:
         raise BadRecord(f"{what} has unknown category id {category_id}")
-    box, was_clipped = check_box(what, xywh_to_xyxy(annotation.get("bbox")), record.width, record.height)
+    box = box_xywh_to_xyxy_list(annotation.get("bbox"))
+    box, was_clipped = check_box(what, box, record.width, record.height)
     record.boxes.append(box)
     record.category_ids.append(category_id)
     record.category_names.append(categories[category_id]["name"])

@@ -17,7 +17,9 @@ from typing import Any
 
 from ovdet.config import SourceConfig
 from ovdet.data.records import Record
-from ovdet.data.sources import (
+from ovdet.data.sources.coco import Labelled, crowd_flag, drop_invalid, image_file_name, read_coco_files
+from ovdet.data.sources.common import (
+    CategoryTable,
     check_box,
     check_caption,
     check_spans,
@@ -25,17 +27,19 @@ from ovdet.data.sources import (
     image_size,
     span_text,
     with_dropped,
-    xywh_to_xyxy,
 )
-from ovdet.data.sources.coco import Labelled, crowd_flag, drop_invalid, image_file_name, read_coco_files
 from ovdet.errors import RecordError
+from ovdet.ops.boxes import box_xywh_to_xyxy_list
 
 KEPT_IMAGE_FIELDS = ("dataset_name", "original_img_id", "original_id", "sentence_id")
 
 
-def read_mdetr(source: SourceConfig, root: Path) -> Iterator[Record | RecordError]:
+def read_mdetr(
+    source: SourceConfig, root: Path, categories: CategoryTable | None = None
+) -> Iterator[Record | RecordError]:
     """Grounding records of every MDETR JSON in ``source.paths``; several files (GoldG's mixed +
-    Flickr files, each numbering images from 0) are told apart by the file's stem in the key."""
+    Flickr files, each numbering images from 0) are told apart by the file's stem in the key.
+    ``categories`` stays empty: MDETR's single "object" category carries no meaning."""
     yield from read_coco_files(source, root, mdetr_record)
 
 
@@ -79,7 +83,8 @@ def add_grounded_box(record: Record, label: str, annotation: dict[str, Any]) -> 
     (nothing appended) when the spans or the box are invalid."""
     what = f"annotation {label}"
     spans = sorted(check_spans(what, annotation.get("tokens_positive"), record.caption))
-    box, was_clipped = check_box(what, xywh_to_xyxy(annotation.get("bbox")), record.width, record.height)
+    box = box_xywh_to_xyxy_list(annotation.get("bbox"))
+    box, was_clipped = check_box(what, box, record.width, record.height)
     record.boxes.append(box)
     record.category_ids.append(-1)
     record.category_names.append(span_text(record.caption, spans))

@@ -23,9 +23,10 @@ from typing import Any
 
 from ovdet.config import SourceConfig
 from ovdet.data.records import Phrase, Record
-from ovdet.data.sources import (
+from ovdet.data.sources.common import (
     BadLine,
     BadRecord,
+    CategoryTable,
     check_box,
     check_caption,
     check_spans,
@@ -34,16 +35,19 @@ from ovdet.data.sources import (
     input_files,
     line_error,
     make_key,
-    read_json,
     read_jsonl,
     span_text,
     with_dropped,
 )
 from ovdet.errors import AnnotationError, OvdetError, RecordError
+from ovdet.fileio import read_json
 
 
-def read_odvg(source: SourceConfig, root: Path) -> Iterator[Record | RecordError]:
-    """Records of the ODVG JSONL ``source.paths[0]`` (label map: optional ``paths[1]``)."""
+def read_odvg(
+    source: SourceConfig, root: Path, categories: CategoryTable | None = None
+) -> Iterator[Record | RecordError]:
+    """Records of the ODVG JSONL ``source.paths[0]`` (label map: optional ``paths[1]``).
+    ``categories`` stays empty: ODVG has no category table (the label map names labels only)."""
     files = input_files(source, root)
     if len(files) > 2:
         raise OvdetError(
