@@ -16,7 +16,15 @@ from typing import Any, Literal
 
 import yaml
 
+from ovdet import fileio
 from ovdet.errors import OvdetError
+from ovdet.losses.registry import default_weights, weight_names
+
+# Keys that no longer exist, with why: loading a config that sets one says so instead of "unknown key".
+REMOVED_KEYS = {
+    "loss.contrastive_temperature": "it never had an effect: loss_contrastive is a softmax over the "
+    "head's logits, which carry a learned scale, not over cosine similarities",
+}
 
 
 @dataclass
@@ -98,7 +106,9 @@ class ModelConfig:
     pretrained: str = ""  # open_clip pretrained tag or checkpoint path ("" keeps the config's own)
     head_width: int = 256
     feature_indices: list[int] = field(default_factory=lambda: [3, 4])
-    objectness: bool = False  # OWLv2-style objectness head
+    # OWLv2-style objectness head; refused until a loss trains it (an untrained head's log-sigmoid
+    # would be added to every score at inference)
+    objectness: bool = False
     freeze_text: bool = True
     freeze_image: bool = False
     lr_mult_text: float = 0.1
@@ -106,6 +116,11 @@ class ModelConfig:
     grad_checkpointing: bool = False
     prior_probability: float = 0.01  # classification bias prior, RetinaNet
     text_chunk_size: int = 256
+
+    def __post_init__(self):
+        if self.objectness:
+            raise OvdetError("model.objectness=true is not supported yet: no loss trains the objectness "
+                             "head, and its untrained scores would be added to every detection's score")
 
 
 @dataclass
@@ -128,17 +143,8 @@ class LossConfig:
     # linearly over image_loss_ramp steps (Detic trains image labels on a box-supervised detector)
     image_loss_start: int = 0
     image_loss_ramp: int = 0
-    contrastive_temperature: float = 0.07
-    weights: dict[str, float] = field(
-        metadata={"keys": ("loss_labels", "loss_bbox", "loss_giou", "loss_contrastive", "loss_image")},
-        default_factory=lambda: {
-            "loss_labels": 2.0,
-            "loss_bbox": 5.0,
-            "loss_giou": 2.0,
-            "loss_contrastive": 0.5,
-            "loss_image": 1.0,
-        }
-    )
+    # one weight per scalar of the loss registry (ovdet/losses/registry.py), which gives the defaults
+    weights: dict[str, float] = field(metadata={"keys": weight_names()}, default_factory=default_weights)
 
 
 @dataclass
@@ -213,22 +219,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, cls
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise OvdetError(f"{path}: cannot read config: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise OvdetError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise OvdetError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
-    return data
+    """A config file's top-level mapping (``{}`` for an empty file); errors name the file and line."""
+    return fileio.read_yaml(path, expected=dict)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -263,6 +255,8 @@ def build(cls: type, raw: Any, source: str, prefix: str):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
+        if f"{prefix}{key}" in REMOVED_KEYS:
+            raise OvdetError(f"{source}: key '{prefix}{key}' was removed: {REMOVED_KEYS[prefix + key]}")
         if key not in names:
             raise OvdetError(f"{source}: unknown key '{prefix}{key}' (known: {', '.join(sorted(names))})")
     values = {key: convert(hints[key], value, source, f"{prefix}{key}") for key, value in raw.items()}
@@ -277,7 +271,10 @@ def build(cls: type, raw: Any, source: str, prefix: str):
             raise OvdetError(f"{source}: unknown key '{prefix}{field_.name}.{unknown[0]}' (known: {known})")
         if field_.default_factory is not dataclasses.MISSING:
             values[field_.name] = {**field_.default_factory(), **values[field_.name]}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except OvdetError as exc:  # a check of the dataclass itself (__post_init__)
+        raise OvdetError(f"{source}: {exc}") from None
 
 
 def convert(hint: Any, value: Any, source: str, key: str) -> Any:

@@ -1,12 +1,14 @@
-"""Distributed facts in one place: rank, world size, local rank, from torch, DeepSpeed or Slurm.
+"""Distributed facts and collectives in one place: rank, world size, local rank (from torch,
+DeepSpeed or Slurm), starting the process group, and the few reductions the trainer and the losses need.
 
-No other module reads ``RANK``, ``WORLD_SIZE`` or ``SLURM_*`` directly.
+No other module reads or writes ``RANK``, ``WORLD_SIZE`` or ``SLURM_*``, nor calls ``torch.distributed``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 
 
 def _env_int(*names: str, default: int) -> int:
@@ -76,17 +78,46 @@ def export_torch_env_from_slurm(default_port: int = 29500) -> None:
     os.environ.setdefault("MASTER_PORT", str(job_port))
 
 
-def all_reduce_sum(value: float) -> float:
-    """Sum a scalar over ranks (identity when not distributed). Used for DETR's num_boxes."""
+def init_distributed() -> None:
+    """Start torch.distributed (through DeepSpeed) from launcher or Slurm variables; a process
+    started without a launcher becomes a world of one on a free local port."""
+    import deepspeed
+    import torch
+
+    export_torch_env_from_slurm()
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     if not is_initialized():
-        return float(value)
+        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else None, verbose=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sum_over_ranks(values: list[float]) -> list[float]:
+    """Element-wise sum over ranks of a few floats, in one float64 all-reduce; the values themselves
+    on one rank or without a process group."""
+    if world_size() == 1 or not is_initialized():
+        return [float(v) for v in values]
     import torch
     import torch.distributed as torch_dist
 
     device = "cuda" if torch_dist.get_backend() == "nccl" else "cpu"  # NCCL reduces device tensors only
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     torch_dist.all_reduce(tensor)
-    return float(tensor.item())
+    return tensor.cpu().tolist()
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for without a process group)."""
+    if is_initialized():
+        import torch.distributed as torch_dist
+
+        torch_dist.barrier()
 
 
 def slurm_job_id() -> str | None:

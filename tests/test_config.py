@@ -2,8 +2,9 @@
 
 import pytest
 
-from ovdet.config import Config, LoaderConfig, load_config, to_yaml
+from ovdet.config import Config, LoaderConfig, ModelConfig, load_config, to_yaml
 from ovdet.errors import OvdetError
+from ovdet.losses.registry import default_weights
 
 
 def write(tmp_path, text, name="cfg.yaml"):
@@ -70,7 +71,7 @@ def test_literal_fields_reject_other_values(tmp_path):
 
 
 def test_missing_file_and_invalid_yaml_are_user_errors(tmp_path):
-    with pytest.raises(OvdetError, match="nope.yaml: cannot read config"):
+    with pytest.raises(OvdetError, match="nope.yaml: cannot read"):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(OvdetError, match=r"bad\.yaml:3: invalid YAML"):
         load_config(write(tmp_path, "train:\n  steps: [1,\n", "bad.yaml"))
@@ -92,5 +93,38 @@ def test_printed_config_round_trips(tmp_path):
     assert again == cfg
 
 
-def test_shipped_configs_load():
-    assert load_config("configs/demo.yaml").run_dir == "runs/demo"
+def test_loss_weights_default_to_the_registry_and_accept_only_its_names():
+    assert load_config(None).loss.weights == default_weights()
+    assert list(default_weights()) == ["loss_labels", "loss_bbox", "loss_giou", "loss_contrastive", "loss_image"]
+    with pytest.raises(OvdetError, match=r"unknown key 'loss\.weights\.loss_focal' \(known: loss_labels, loss_bbox"):
+        load_config(None, ["loss.weights.loss_focal=1"])
+
+
+def test_the_removed_contrastive_temperature_is_refused_with_the_reason(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("loss:\n  contrastive_temperature: 0.1\n")
+    with pytest.raises(OvdetError, match=r"cfg\.yaml: key 'loss\.contrastive_temperature' was removed: it never had"):
+        load_config(path)
+    with pytest.raises(OvdetError, match="contrastive_temperature' was removed"):
+        load_config(None, ["loss.contrastive_temperature=0.07"])
+
+
+def test_objectness_is_refused_until_a_loss_trains_it(tmp_path):
+    with pytest.raises(OvdetError, match=r"cfg\.yaml: model\.objectness=true is not supported yet: no loss trains"):
+        load_config(write(tmp_path, "model:\n  objectness: true\n"))
+    with pytest.raises(OvdetError, match="no loss trains the objectness head"):
+        ModelConfig(objectness=True)
+    assert load_config(None, ["model.objectness=false"]).model.objectness is False
+
+
+def test_a_saved_model_spec_with_objectness_is_refused():
+    from ovdet.models.factory import create_detector
+
+    with pytest.raises(OvdetError, match="objectness: true is not supported yet"):
+        create_detector({"kind": "custom", "name": "hand-written", "objectness": True})
+
+
+def test_a_config_file_that_is_not_a_mapping_names_the_file(tmp_path):
+    with pytest.raises(OvdetError, match=r"list\.yaml: expected a YAML dict at the top level, got list"):
+        load_config(write(tmp_path, "- 1\n- 2\n", "list.yaml"))
+    assert load_config(write(tmp_path, "", "empty.yaml")) == Config()

@@ -1,7 +1,6 @@
-"""Matching and training losses: ``HungarianMatcher`` assigns queries to boxes, ``SetCriterion``
-computes the named loss terms, ``weighted_sum`` applies ``LossConfig.weights``."""
+"""Matching and training losses: ``matcher.HungarianMatcher`` assigns queries to boxes,
+``criterion.SetCriterion`` computes the terms of ``registry.LOSS_TERMS``, ``criterion.weighted_sum``
+applies ``LossConfig.weights``.
 
-from ovdet.losses.criterion import SetCriterion, weighted_sum
-from ovdet.losses.matcher import HungarianMatcher, build_matcher
-
-__all__ = ["HungarianMatcher", "SetCriterion", "build_matcher", "weighted_sum"]
+Nothing is imported here: the config imports the torch-free ``registry`` without loading torch.
+"""

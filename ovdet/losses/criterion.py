@@ -1,9 +1,8 @@
 """The training losses (DETR's ``SetCriterion``): one method per loss term, each a dict of named scalars.
 
-``SetCriterion(matcher, cfg)(outputs, targets, image_targets)`` returns the UNWEIGHTED losses
-``loss_labels``, ``loss_contrastive``, ``loss_bbox``, ``loss_giou`` and (unless
-``cfg.image_loss == "none"``) ``loss_image``; the caller applies ``cfg.weights`` with
-``weighted_sum``. ``docs/losses.md`` explains each term and the image-level variants.
+``SetCriterion(matcher, cfg)(outputs, targets)`` returns the UNWEIGHTED scalars of every term of
+``ovdet.losses.registry.LOSS_TERMS`` (``loss_image`` is left out when ``cfg.image_loss == "none"``);
+the caller applies ``cfg.weights`` with ``weighted_sum``. ``docs/losses.md`` explains each term.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 from ovdet import dist
 from ovdet.config import LossConfig
 from ovdet.losses.matcher import HungarianMatcher
+from ovdet.losses.registry import LOSS_TERMS
 from ovdet.ops.boxes import box_cxcywh_to_xyxy
 
 
@@ -24,45 +24,41 @@ class SetCriterion(nn.Module):
 
     Images whose target has ``has_boxes=False`` (image-text samples) take no part in matching nor
     in the box, label and contrastive losses, so their queries are not pushed to background; they
-    are supervised by ``loss_image`` alone through ``image_targets``.
+    are supervised by ``loss_image`` alone through their ``image_labels``.
+
+    Every loss method has the signature of ``loss_map``'s values, ``(outputs, targets, indices,
+    counts) -> {scalar name: tensor}`` (the names ``LOSS_TERMS`` lists for the term), where
+    ``counts`` holds the global normalizers of ``global_counts``: ``"boxes"`` (DETR's num_boxes)
+    and ``"image_positives"``.
     """
 
     def __init__(self, matcher: HungarianMatcher, cfg: LossConfig):
         super().__init__()
         self.matcher = matcher
         self.cfg = cfg
+        self.loss_map = {term: getattr(self, f"loss_{term}") for term in LOSS_TERMS}
 
-    def forward(
-        self,
-        outputs: dict[str, Tensor],
-        targets: list[dict[str, Tensor]],
-        image_targets: list[Tensor | None] | None = None,
-    ) -> dict[str, Tensor]:
+    def forward(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Compute every loss term.
 
         Args:
             outputs: ``"pred_logits"`` [B, Q, T] region-text logits; ``"pred_boxes"`` [B, Q, 4]
-                normalized cxcywh; optional ``"text_mask"`` [B, T] bool (True = real text);
-                optional ``"pred_similarity"`` [B, Q, T] region-text cosine similarity for
-                ``loss_contrastive``.
+                normalized cxcywh; optional ``"text_mask"`` [B, T] bool (True = real text).
             targets: B dicts: ``"labels"`` int64 [N_b] (indices into the image's texts),
                 ``"boxes"`` [N_b, 4] normalized cxcywh, optional ``"has_boxes"`` bool (default True;
-                when False, labels and boxes may be absent).
-            image_targets: B entries (or None for all None): int64 [P_b] indices of the texts the
-                caption names (positives), or None for an image that is not an image-text sample.
+                when False, labels and boxes may be absent), optional ``"image_labels"`` int64 [P_b]:
+                the texts an image-text sample's caption names (its positives for ``loss_image``).
 
         Returns:
             Scalar losses keyed by name, unweighted.
         """
-        box_targets = [boxes_only(t, outputs["pred_boxes"].device) for t in targets]
-        indices = self.matcher(outputs, box_targets)
-        num_boxes = global_num_boxes(box_targets)
+        targets = [boxes_only(t, outputs["pred_boxes"].device) for t in targets]
+        indices = self.matcher(outputs, targets)
+        # Every rank joins this one reduction on every call, whichever terms have work to do.
+        counts = global_counts({"boxes": count_boxes(targets), "image_positives": count_image_positives(targets)})
         losses = {}
-        losses.update(self.loss_labels(outputs, box_targets, indices, num_boxes))
-        losses.update(self.loss_contrastive(outputs, box_targets, indices, num_boxes))
-        losses.update(self.loss_boxes(outputs, box_targets, indices, num_boxes))
-        if self.cfg.image_loss != "none":
-            losses.update(self.loss_image(outputs, image_targets or [None] * len(targets)))
+        for loss in self.loss_map.values():
+            losses.update(loss(outputs, targets, indices, counts))
         return losses
 
     def loss_labels(
@@ -70,12 +66,12 @@ class SetCriterion(nn.Module):
         outputs: dict[str, Tensor],
         targets: list[dict[str, Tensor]],
         indices: list[tuple[Tensor, Tensor]],
-        num_boxes: float,
+        counts: dict[str, float],
     ) -> dict[str, Tensor]:
         """Sigmoid focal (or BCE) loss over every real (query, text) pair of images with boxes.
 
         The target is 1 where the query is matched to a box of that text, else 0; the sum is
-        divided by ``num_boxes`` (Deformable-DETR). Returns ``{"loss_labels": scalar}``.
+        divided by num_boxes (Deformable-DETR). Returns ``{"loss_labels": scalar}``.
         """
         logits = outputs["pred_logits"]  # (bs, q, t)
         target = matched_text_targets(logits, targets, indices)  # (bs, q, t)
@@ -89,44 +85,40 @@ class SetCriterion(nn.Module):
             loss = sigmoid_focal_loss(logits, target, alpha=alpha, gamma=gamma, reduction="sum")
         else:
             loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
-        return {"loss_labels": loss / num_boxes}
+        return {"loss_labels": loss / counts["boxes"]}
 
     def loss_contrastive(
         self,
         outputs: dict[str, Tensor],
         targets: list[dict[str, Tensor]],
         indices: list[tuple[Tensor, Tensor]],
-        num_boxes: float,
+        counts: dict[str, float],
     ) -> dict[str, Tensor]:
         """Region-text InfoNCE: each matched query's softmax over its image's real texts vs its label.
 
-        The similarity is ``pred_similarity / contrastive_temperature`` when the model gives cosine
-        similarities, else ``pred_logits`` as they are (they already carry the head's learned
-        scale; dividing them again would sharpen the softmax twice). Sum over matched queries divided by num_boxes
-        (all targets are matched, so this is the global mean over matches);
-        0 (still attached to the graph) when nothing is matched. Returns ``{"loss_contrastive": scalar}``.
+        The softmax is over ``pred_logits`` as they are, with no temperature: they already carry the
+        head's learned scale, and dividing them again would sharpen the softmax twice. Sum over
+        matched queries divided by num_boxes (all targets are matched, so this is the global mean
+        over matches); 0 (still attached to the graph) when nothing is matched.
+        Returns ``{"loss_contrastive": scalar}``.
         """
-        logits = outputs["pred_logits"]
+        logits = outputs["pred_logits"]  # (bs, q, t)
         batch_idx, query_idx = matched_query_index(indices)
         if len(batch_idx) == 0:
             return {"loss_contrastive": zero_loss(logits)}
-        if "pred_similarity" in outputs:
-            similarity = outputs["pred_similarity"] / self.cfg.contrastive_temperature  # (bs, q, t)
-        else:
-            similarity = logits  # (bs, q, t)
-        matched = similarity[batch_idx, query_idx]  # (m, t)
+        matched = logits[batch_idx, query_idx]  # (m, t)
         is_real = text_mask_of(outputs)[batch_idx]  # (m, t)
         matched = matched.masked_fill(~is_real, torch.finfo(matched.dtype).min)
         labels = matched_targets(targets, indices, "labels").long()  # (m,)
         loss = F.cross_entropy(matched, labels, reduction="sum")
-        return {"loss_contrastive": loss / num_boxes}  # every target is matched: matches == boxes
+        return {"loss_contrastive": loss / counts["boxes"]}  # every target is matched: matches == boxes
 
     def loss_boxes(
         self,
         outputs: dict[str, Tensor],
         targets: list[dict[str, Tensor]],
         indices: list[tuple[Tensor, Tensor]],
-        num_boxes: float,
+        counts: dict[str, float],
     ) -> dict[str, Tensor]:
         """L1 on cxcywh and 1 - GIoU on xyxy over matched pairs, each summed and divided by num_boxes.
 
@@ -139,11 +131,19 @@ class SetCriterion(nn.Module):
         loss_giou = generalized_box_iou_loss(
             box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target), reduction="sum"
         )
+        num_boxes = counts["boxes"]
         return {"loss_bbox": loss_bbox / num_boxes, "loss_giou": loss_giou / num_boxes}
 
-    def loss_image(self, outputs: dict[str, Tensor], image_targets: list[Tensor | None]) -> dict[str, Tensor]:
-        """Image-level loss for image-text samples: the caption's texts are positives, the image's
-        other real texts negatives. The sum is divided by the number of positives (at least 1).
+    def loss_image(
+        self,
+        outputs: dict[str, Tensor],
+        targets: list[dict[str, Tensor]],
+        indices: list[tuple[Tensor, Tensor]],
+        counts: dict[str, float],
+    ) -> dict[str, Tensor]:
+        """Image-level loss for the images whose target has ``image_labels`` (image-text samples):
+        the caption's texts are positives, the image's other real texts negatives. The sum is
+        divided by the global number of positives (at least 1).
 
         - ``max_score_softmax`` (default): for each positive text, the query that scores it highest
           (multiple-instance learning), and a softmax over that query's logits for the positive
@@ -157,21 +157,22 @@ class SetCriterion(nn.Module):
 
         ``image_loss_grad="similarity"`` rebuilds the logits from the model's ``logit_parts`` with
         the shift and scale detached (``similarity_only_logits``), so the loss cannot move them.
-        Returns ``{"loss_image": scalar}``.
+        Returns ``{"loss_image": scalar}``, or ``{}`` when ``image_loss`` is ``"none"``.
         """
+        if self.cfg.image_loss == "none":
+            return {}
         logits = outputs["pred_logits"]  # (bs, q, t)
         if self.cfg.image_loss_grad == "similarity" and "region_similarity" in outputs:
             logits = similarity_only_logits(outputs)
-        rows = [b for b, positives in enumerate(image_targets) if positives is not None]
-        num_positives = sum(len(image_targets[b]) for b in rows)
-        denominator = global_count(num_positives)  # every rank joins the reduction, even with no rows
+        rows = [b for b, target in enumerate(targets) if target.get("image_labels") is not None]
+        denominator = counts["image_positives"]
         if not rows:
             return {"loss_image": zero_loss(logits)}
         rows_t = torch.tensor(rows, device=logits.device)  # (n,)
         is_real = text_mask_of(outputs)[rows_t]  # (n, t)
         target = torch.zeros(len(rows), logits.shape[2], device=logits.device)  # (n, t)
         for row, b in enumerate(rows):
-            target[row, image_targets[b].to(logits.device).long()] = 1.0
+            target[row, targets[b]["image_labels"].to(logits.device).long()] = 1.0
         if self.cfg.image_loss == "max_score_softmax":
             loss = max_score_softmax_loss(logits[rows_t], target.bool(), is_real)
             return {"loss_image": loss / denominator}
@@ -235,17 +236,24 @@ def boxes_only(target: dict[str, Tensor], device: torch.device) -> dict[str, Ten
     return {**target, **empty, "has_boxes": False}
 
 
-def global_num_boxes(targets: list[dict[str, Tensor]]) -> float:
-    """Target boxes per rank, averaged over ranks and at least 1 (DETR's normalizer)."""
-    return global_count(sum(len(t["labels"]) for t in targets))
+def count_boxes(targets: list[dict[str, Tensor]]) -> int:
+    """This rank's target boxes (the ``boxes_only`` targets: images without boxes count 0)."""
+    return sum(len(t["labels"]) for t in targets)
 
 
-def global_count(local: float) -> float:
-    """A per-rank count averaged over ranks (the global count at least 1): dividing a per-rank loss SUM by it makes
-    the data-parallel average over ranks equal to the single-process loss of the whole batch."""
+def count_image_positives(targets: list[dict[str, Tensor]]) -> int:
+    """This rank's caption positives over the targets that have ``image_labels``."""
+    return sum(len(t["image_labels"]) for t in targets if t.get("image_labels") is not None)
+
+
+def global_counts(local: dict[str, float]) -> dict[str, float]:
+    """Per-rank counts, each averaged over ranks (the global count at least 1), in one all-reduce:
+    dividing a per-rank loss SUM by one makes the data-parallel average over ranks equal to the
+    single-process loss of the whole batch (DETR's num_boxes)."""
+    totals = dist.sum_over_ranks([float(value) for value in local.values()])
     # Clamp the global sum, then divide (DETR clamps after dividing, which breaks DP == large batch
     # whenever a global batch holds fewer boxes than there are ranks).
-    return max(dist.all_reduce_sum(float(local)), 1.0) / dist.world_size()
+    return {name: max(total, 1.0) / dist.world_size() for name, total in zip(local, totals, strict=True)}
 
 
 def text_mask_of(outputs: dict[str, Tensor]) -> Tensor:

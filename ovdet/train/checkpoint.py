@@ -3,8 +3,9 @@
 Layout of ``CKPT_DIR``::
 
     step-0000200/            DeepSpeed's files (model, optimizer, lr_scheduler, client state with
-                             ``dataloader`` and ``train_state``), ``train_state.json`` (readable copy)
-                             and ``rng-rank-00000.pt`` (one per rank: python, numpy, torch RNGs)
+                             ``dataloader`` and ``train_state``: ``TrainState.state_dict()``),
+                             ``train_state.json`` (a readable copy of both) and
+                             ``rng-rank-00000.pt`` (one per rank: python, numpy, torch RNGs)
     latest                   the newest complete tag, replaced atomically after every rank's files
 
 A crash mid-save leaves ``latest`` on the previous complete tag; a tag directory that ``latest``
@@ -15,9 +16,7 @@ checkpoint can never run code when it is read.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import shutil
 from pathlib import Path
@@ -29,6 +28,8 @@ from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchChe
 
 from ovdet import dist
 from ovdet.errors import OvdetError
+from ovdet.fileio import write_json_atomic, write_text_atomic
+from ovdet.runs import CHECKPOINT_STATE
 
 log = logging.getLogger(__name__)
 
@@ -101,27 +102,15 @@ def save_checkpoint(
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     torch.save(rng_state(), rng_file(tag_dir, dist.rank()))
     if dist.is_main():
-        (tag_dir / "train_state.json").write_text(json.dumps(train_state | {"dataloader": loader_state}))
-    barrier()  # every rank's files are on disk before ``latest`` names the tag
+        write_json_atomic(tag_dir / CHECKPOINT_STATE, train_state | {"dataloader": loader_state},
+                          indent=None, sort_keys=False)
+    dist.barrier()  # every rank's files are on disk before ``latest`` names the tag
     if dist.is_main():
-        write_latest(ckpt_dir, tag)
+        # Replaced atomically: readers see the old tag or the new one, never a torn file.
+        write_text_atomic(ckpt_dir / "latest", tag)
         prune_checkpoints(ckpt_dir, keep, tag)
-    barrier()
+    dist.barrier()
     return tag_dir
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        import torch.distributed as torch_dist
-
-        torch_dist.barrier()
-
-
-def write_latest(ckpt_dir: Path, tag: str) -> None:
-    """Replace ``latest`` atomically: readers see the old tag or the new one, never a torn file."""
-    tmp = ckpt_dir / f".latest.{os.getpid()}"
-    tmp.write_text(tag)
-    os.replace(tmp, ckpt_dir / "latest")
 
 
 def prune_checkpoints(ckpt_dir: Path, keep: int, current: str) -> None:

@@ -13,6 +13,7 @@ from torch import nn
 from ovdet.config import LossConfig
 from ovdet.losses.criterion import SetCriterion, weighted_sum
 from ovdet.losses.matcher import build_matcher
+from ovdet.losses.registry import scheduled_weights
 from ovdet.models.detector import OpenVocabDetector
 
 
@@ -38,13 +39,9 @@ class DetectionTask(nn.Module):
             text_embeds, text_mask = embed_text_lists(self.detector, batch["texts"])
             outputs = self.detector(batch["images"].to(device), text_embeds, text_mask)
         matcher_input = {k: v.float() if v.is_floating_point() else v for k, v in outputs.as_matcher_input(text_mask).items()}  # noqa: E501
-        has_boxes = batch["has_boxes"].tolist()
-        targets = [
-            {"labels": labels.to(device), "boxes": boxes.to(device), "has_boxes": flag}
-            for labels, boxes, flag in zip(batch["labels"], batch["boxes"], has_boxes, strict=True)
-        ]
-        image_targets = [None if flag else labels.to(device) for labels, flag in zip(batch["image_labels"], has_boxes, strict=True)]
-        losses = self.criterion(matcher_input, targets, image_targets)
+        columns = (batch["labels"], batch["boxes"], batch["image_labels"], batch["has_boxes"].tolist())
+        targets = [criterion_target(*column, device) for column in zip(*columns, strict=True)]
+        losses = self.criterion(matcher_input, targets)
         weights = scheduled_weights(self.weights, self.step, self.image_loss_start, self.image_loss_ramp)
         return weighted_sum(losses, weights), losses
 
@@ -55,14 +52,15 @@ class DetectionTask(nn.Module):
         return torch.autocast(device.type, dtype=parameter_dtype, enabled=parameter_dtype != torch.float32)
 
 
-def scheduled_weights(weights: dict[str, float], step: int, image_start: int, image_ramp: int) -> dict[str, float]:
-    """The loss weights at optimizer step ``step``: ``loss_image`` is 0 before ``image_start``, then
-    rises linearly to its weight over ``image_ramp`` steps (at once when 0); the others are constant."""
-    if "loss_image" not in weights:
-        return dict(weights)
-    ramp = (step - image_start + 1) / image_ramp if image_ramp else 1.0
-    factor = 0.0 if step < image_start else min(1.0, ramp)
-    return {**weights, "loss_image": factor * weights["loss_image"]}
+def criterion_target(
+    labels: torch.Tensor, boxes: torch.Tensor, image_labels: torch.Tensor, has_boxes: bool, device: torch.device
+) -> dict[str, Any]:
+    """One image's ``SetCriterion`` target; only an image without boxes (an image-text sample) is
+    supervised by its caption's texts, ``image_labels``."""
+    target = {"labels": labels.to(device), "boxes": boxes.to(device), "has_boxes": has_boxes}
+    if not has_boxes:
+        target["image_labels"] = image_labels.to(device)
+    return target
 
 
 def embed_text_lists(detector: OpenVocabDetector, texts: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -64,8 +64,8 @@ def ours(cfg, shards: Path, out: Path) -> float:
 def peer(cfg, shards: Path) -> float:
     from ovdet.data.loader import TrainLoader
     from ovdet.models.factory import create_detector
+    from ovdet.train.engine import param_groups, warmup_cosine
     from ovdet.train.task import DetectionTask
-    from ovdet.train.trainer import param_groups, warmup_cosine
 
     batches = list(TrainLoader([shards], cfg.loader).iterate(cfg.train.steps))
     torch.manual_seed(cfg.train.seed)

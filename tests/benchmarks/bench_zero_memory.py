@@ -46,8 +46,8 @@ def synthetic_batch(image_size: int, batch_size: int) -> dict:
 def measure(zero_stage: int, args) -> dict:
     from ovdet.config import load_config
     from ovdet.models.factory import create_detector
+    from ovdet.train.engine import build_engine
     from ovdet.train.task import DetectionTask
-    from ovdet.train.trainer import build_engine
 
     overrides = [f"model.name={args.model}", "model.freeze_text=false", f"train.zero_stage={zero_stage}",
                  f"loader.batch_size={args.batch}", f"loader.image_size={args.image_size}", "train.precision=fp32"]  # fmt: skip
@@ -69,9 +69,8 @@ def measure(zero_stage: int, args) -> dict:
 
 def worker(args) -> None:
     from ovdet import dist
-    from ovdet.train.trainer import init_distributed
 
-    init_distributed()
+    dist.init_distributed()
     torch.set_num_threads(1)
     results = {"zero0": measure(0, args), "zero2": measure(2, args)}
     gathered = [None] * dist.world_size()

@@ -7,8 +7,9 @@ import torch
 
 from ovdet import dist
 from ovdet.config import LossConfig
-from ovdet.losses.criterion import SetCriterion, global_num_boxes, weighted_sum
+from ovdet.losses.criterion import SetCriterion, count_boxes, global_counts, weighted_sum
 from ovdet.losses.matcher import build_matcher
+from ovdet.losses.registry import LOSS_TERMS, weight_names
 
 
 def logit(p: float) -> float:
@@ -34,6 +35,15 @@ def positive_target() -> dict[str, torch.Tensor]:
 
 def no_target() -> dict[str, torch.Tensor]:
     return {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}
+
+
+def image_text_target(*positives: int) -> dict:
+    """An image-text sample: no boxes, the caption names the texts ``positives``."""
+    return {"has_boxes": False, "image_labels": torch.tensor(positives)}
+
+
+def with_image_labels(target: dict, *positives: int) -> dict:
+    return {**target, "image_labels": torch.tensor(positives)}
 
 
 def random_batch(
@@ -90,7 +100,7 @@ def test_loss_boxes_matches_hand_worked_values(pred, target, loss_bbox, loss_gio
     outputs = {"pred_logits": torch.zeros(1, 1, 1), "pred_boxes": torch.tensor([[pred]])}
     targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([target]), "has_boxes": True}]
     indices = [(torch.tensor([0]), torch.tensor([0]))]
-    losses = make_criterion().loss_boxes(outputs, targets, indices, num_boxes=1.0)
+    losses = make_criterion().loss_boxes(outputs, targets, indices, {"boxes": 1.0, "image_positives": 1.0})
     assert losses["loss_bbox"].item() == pytest.approx(loss_bbox, abs=1e-5)
     assert losses["loss_giou"].item() == pytest.approx(loss_giou, abs=1e-5)
 
@@ -114,17 +124,6 @@ def test_loss_contrastive_matches_hand_worked_value():
     assert losses["loss_contrastive"].item() == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-5)
 
 
-def test_loss_contrastive_divides_cosine_similarity_by_temperature():
-    # Similarity (.2, .1) / .1 = (2, 1): log(1 + e^-1) = 0.3133.
-    outputs = {
-        "pred_logits": torch.tensor([[[2.0, 0.0]]]),
-        "pred_similarity": torch.tensor([[[0.2, 0.1]]]),
-        "pred_boxes": torch.tensor([[[0.5, 0.5, 0.3, 0.3]]]),
-    }
-    losses = make_criterion(contrastive_temperature=0.1)(outputs, [positive_target()])
-    assert losses["loss_contrastive"].item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-5)
-
-
 def test_loss_contrastive_is_zero_with_grad_without_matches():
     outputs = one_query_outputs(0.3)
     outputs["pred_logits"].requires_grad_(True)
@@ -143,10 +142,10 @@ def test_padded_texts_do_not_change_the_losses(classification):
         "pred_boxes": outputs["pred_boxes"],
         "text_mask": torch.tensor([[True] * 4 + [False] * 3] * 2),
     }
-    image_targets = [torch.tensor([1]), None]
+    targets = [with_image_labels(targets[0], 1), targets[1]]
     criterion = make_criterion(classification=classification)
-    plain = criterion(outputs, targets, image_targets)
-    masked = criterion(padded, targets, image_targets)
+    plain = criterion(outputs, targets)
+    masked = criterion(padded, targets)
     assert plain.keys() == masked.keys()
     for name in plain:
         torch.testing.assert_close(masked[name], plain[name], msg=name)
@@ -156,17 +155,16 @@ def test_images_without_boxes_contribute_only_loss_image():
     outputs, targets = random_batch()
     outputs["pred_logits"].requires_grad_(True)
     outputs["pred_boxes"].requires_grad_(True)
-    image_text = [targets[0], {"has_boxes": False}]
-    image_targets = [None, torch.tensor([0, 3])]
+    image_text = [targets[0], image_text_target(0, 3)]
     criterion = make_criterion()
-    losses = criterion(outputs, image_text, image_targets)
+    losses = criterion(outputs, image_text)
 
     first = {key: value[:1].detach() for key, value in outputs.items()}
     second = {key: value[1:].detach() for key, value in outputs.items()}
     alone = criterion(first, targets[:1])
     for name in ("loss_labels", "loss_contrastive", "loss_bbox", "loss_giou"):
         torch.testing.assert_close(losses[name], alone[name], msg=name)
-    only_image = criterion(second, [{"has_boxes": False}], image_targets[1:])
+    only_image = criterion(second, image_text[1:])
     torch.testing.assert_close(losses["loss_image"], only_image["loss_image"])
 
     box_terms = losses["loss_labels"] + losses["loss_contrastive"] + losses["loss_bbox"] + losses["loss_giou"]
@@ -185,7 +183,7 @@ def test_loss_image_matches_hand_worked_values(variant, expected):
         "pred_logits": torch.tensor([[[logit(0.9), logit(0.1)], [logit(0.5), logit(0.2)]]]),
         "pred_boxes": torch.tensor([[[0.5, 0.5, 0.1, 0.1], [0.5, 0.5, 0.6, 0.6]]]),
     }
-    losses = make_criterion(image_loss=variant)(outputs, [{"has_boxes": False}], [torch.tensor([0])])
+    losses = make_criterion(image_loss=variant)(outputs, [image_text_target(0)])
     assert losses["loss_image"].item() == pytest.approx(expected, abs=1e-4)
     assert losses["loss_labels"].item() == 0.0
 
@@ -200,7 +198,7 @@ def test_image_loss_trains_only_the_logits_its_setting_names(grad, trained):
         "logit_scale": torch.ones(1, 2, 1, requires_grad=True),
         "pred_boxes": torch.tensor([[[0.5, 0.5, 0.1, 0.1], [0.5, 0.5, 0.6, 0.6]]]),
     }
-    losses = make_criterion(image_loss="max_score", image_loss_grad=grad)(outputs, [{"has_boxes": False}], [torch.tensor([0])])
+    losses = make_criterion(image_loss="max_score", image_loss_grad=grad)(outputs, [image_text_target(0)])
     assert losses["loss_image"].item() == pytest.approx(0.3285, abs=1e-4)
     losses["loss_image"].backward()
     assert outputs[trained].grad.abs().sum() > 0
@@ -219,7 +217,7 @@ def test_max_score_softmax_matches_hand_worked_values(positives, expected):
         "pred_boxes": torch.rand(1, 2, 4),
     }
     criterion = make_criterion(image_loss="max_score_softmax")
-    losses = criterion(outputs, [{"has_boxes": False}], [torch.tensor(positives)])
+    losses = criterion(outputs, [image_text_target(*positives)])
     assert losses["loss_image"].item() == pytest.approx(expected, abs=1e-4)
     losses["loss_image"].backward()
     grad = outputs["pred_logits"].grad[0]
@@ -229,13 +227,13 @@ def test_max_score_softmax_matches_hand_worked_values(positives, expected):
 def test_max_score_softmax_ignores_padded_texts():
     logits = torch.tensor([[[2.0, 0.0, 1.0, 9.0], [1.0, 3.0, 0.0, 9.0]]])
     outputs = {"pred_logits": logits, "pred_boxes": torch.rand(1, 2, 4), "text_mask": torch.tensor([[1, 1, 1, 0]]).bool()}
-    losses = make_criterion(image_loss="max_score_softmax")(outputs, [{"has_boxes": False}], [torch.tensor([0])])
+    losses = make_criterion(image_loss="max_score_softmax")(outputs, [image_text_target(0)])
     assert losses["loss_image"].item() == pytest.approx(0.4076, abs=1e-4)
 
 
 def test_image_loss_none_leaves_the_term_out():
     outputs, targets = random_batch()
-    losses = make_criterion(image_loss="none")(outputs, targets, [torch.tensor([0]), None])
+    losses = make_criterion(image_loss="none")(outputs, [with_image_labels(targets[0], 0), targets[1]])
     assert "loss_image" not in losses
     assert {"loss_labels", "loss_contrastive", "loss_bbox", "loss_giou"} <= losses.keys()
 
@@ -251,22 +249,30 @@ def test_gradients_flow_through_the_weighted_loss():
     outputs["pred_logits"].requires_grad_(True)
     outputs["pred_boxes"].requires_grad_(True)
     cfg = LossConfig()
-    losses = make_criterion()(outputs, targets, [None, torch.tensor([2])])
+    losses = make_criterion()(outputs, [targets[0], with_image_labels(targets[1], 2)])
     weighted_sum(losses, cfg.weights).backward()
     for name in ("pred_logits", "pred_boxes"):
         grad = outputs[name].grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
-def test_num_boxes_is_averaged_over_ranks(monkeypatch):
-    monkeypatch.setattr(dist, "all_reduce_sum", lambda value: value + 7.0)  # the other rank has 7 boxes
+def test_counts_are_averaged_over_ranks_in_one_reduction(monkeypatch):
+    reductions = []
+
+    def other_rank_has_7_boxes_and_no_positives(values):
+        reductions.append(values)
+        return [values[0] + 7.0, values[1]]
+
+    monkeypatch.setattr(dist, "sum_over_ranks", other_rank_has_7_boxes_and_no_positives)
     monkeypatch.setattr(dist, "world_size", lambda: 2)
     _, targets = random_batch()
-    assert global_num_boxes(targets) == pytest.approx((5 + 7) / 2)
+    counts = global_counts({"boxes": count_boxes(targets), "image_positives": 0})
+    assert counts == {"boxes": pytest.approx((5 + 7) / 2), "image_positives": pytest.approx(1 / 2)}
+    assert reductions == [[5.0, 0.0]]
 
 
-def test_num_boxes_is_at_least_one():
-    assert global_num_boxes([no_target(), no_target()]) == 1.0
+def test_counts_are_at_least_one():
+    assert global_counts({"boxes": count_boxes([no_target(), no_target()])}) == {"boxes": 1.0}
 
 
 def test_padded_texts_with_infinite_logits_keep_losses_and_grads_finite():
@@ -275,7 +281,7 @@ def test_padded_texts_with_infinite_logits_keep_losses_and_grads_finite():
         True
     )
     padded = {**outputs, "pred_logits": logits, "text_mask": torch.tensor([[True] * 4 + [False] * 2] * 2)}
-    losses = make_criterion()(padded, targets, [torch.tensor([1]), None])
+    losses = make_criterion()(padded, [with_image_labels(targets[0], 1), targets[1]])
     total = weighted_sum(losses, LossConfig().weights)
     assert torch.isfinite(total)
     total.backward()
@@ -290,3 +296,17 @@ def test_zero_losses_stay_finite_next_to_infinite_padded_logits():
     assert losses["loss_contrastive"].item() == 0.0 and losses["loss_image"].item() == 0.0
     weighted_sum(losses, LossConfig().weights).backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_every_registered_term_is_one_method_returning_its_scalars():
+    outputs, targets = random_batch()
+    criterion = make_criterion()
+    indices = criterion.matcher(outputs, targets)
+    counts = {"boxes": 5.0, "image_positives": 1.0}
+    targets = [{**targets[0], "has_boxes": True}, {**with_image_labels(targets[1], 2), "has_boxes": True}]
+    assert list(criterion.loss_map) == list(LOSS_TERMS)
+    for term, scalars in LOSS_TERMS.items():
+        assert criterion.loss_map[term].__name__ == f"loss_{term}"
+        assert list(criterion.loss_map[term](outputs, targets, indices, counts)) == list(scalars), term
+    assert list(criterion(outputs, targets)) == list(weight_names())
+

@@ -1,4 +1,5 @@
-"""The image-level loss schedule: off for ``loss.image_loss_start`` steps, then ramped in."""
+"""The trainer applies the image-level loss schedule (``scheduled_weights``, tested in
+tests/losses/test_registry.py) at each optimizer step."""
 
 from __future__ import annotations
 
@@ -8,16 +9,6 @@ import pytest
 from train_runs import run_train
 
 from ovdet.config import LossConfig
-from ovdet.train.task import scheduled_weights
-
-
-def test_image_loss_weight_is_zero_before_start_then_ramps_linearly():
-    weights = {"loss_labels": 2.0, "loss_image": 0.5}
-    factors = [scheduled_weights(weights, step, 3, 4)["loss_image"] / 0.5 for step in range(9)]
-    assert factors == [0.0, 0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert all(scheduled_weights(weights, step, 3, 4)["loss_labels"] == 2.0 for step in range(9))
-    assert scheduled_weights(weights, 0, 0, 0) == weights
-    assert scheduled_weights({"loss_labels": 1.0}, 0, 5, 5) == {"loss_labels": 1.0}
 
 
 @pytest.mark.slow
