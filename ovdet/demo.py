@@ -7,63 +7,64 @@ config is refused unless ``overwrite``.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 from ovdet.config import Config, to_dict
 from ovdet.errors import OvdetError
+from ovdet.eval.report import format_split_table
+from ovdet.fileio import read_json, write_json_atomic, write_text_atomic
+from ovdet.runs import RunPaths, TrainPaths
 
 log = logging.getLogger(__name__)
 HEADLINE = ("AP50", "AP")
+LEGEND = "Box AP in %; HM is the harmonic mean of base and novel AP."
 
 
-def claim_run_dir(cfg: Config, overwrite: bool) -> Path:
-    run_dir = Path(cfg.run_dir)
-    marker = run_dir / "demo_config.json"
-    if marker.exists() and json.loads(marker.read_text()) != to_dict(cfg):
+def claim_run_dir(cfg: Config, overwrite: bool) -> RunPaths:
+    run = RunPaths(cfg.run_dir)
+    config = to_dict(cfg)
+    if run.demo_config.exists() and read_json(run.demo_config) != config:
         if not overwrite:
-            raise OvdetError(f"{run_dir}: holds a run with a different config; pass --overwrite to replace it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(to_dict(cfg), indent=1))
-    return run_dir
+            raise OvdetError(f"{run.run_dir}: holds a run with a different config; pass --overwrite to replace it")
+        shutil.rmtree(run.run_dir)
+    write_json_atomic(run.demo_config, config)
+    return run
 
 
 def run_demo(cfg: Config, overwrite: bool = False) -> dict[str, Any]:
     from ovdet.data.synthetic import generate_world
     from ovdet.eval.evaluator import evaluate_model, make_validator
+    from ovdet.pipelines.shard import run_shard_stage
+    from ovdet.pipelines.shard_report import stage_problems
     from ovdet.train.trainer import run_training
-    from pipelines.shard import run_shard_stage
-    from pipelines.shard_report import stage_problems
 
-    run_dir = claim_run_dir(cfg, overwrite)
+    run = claim_run_dir(cfg, overwrite)
     timings: dict[str, float] = {}
-    synth_dir = run_dir / "synth"
     with timed(timings, "synth"):
-        generate_world(cfg.synth, synth_dir)
-    cfg.data.root = cfg.data.root or str(synth_dir.resolve())
+        world = generate_world(cfg.synth, run.synth)
+    world_file = {key: run.synth / name for key, name in world["files"].items()}
+    cfg.data.root = cfg.data.root or str(run.synth.resolve())
     with timed(timings, "shard"):
-        problems = stage_problems(run_shard_stage(cfg.data, run_dir / "shards"), cfg.data.max_rejected_fraction)
+        problems = stage_problems(run_shard_stage(cfg.data, run.shards), cfg.data.max_rejected_fraction)
     if problems:
         raise OvdetError("shard stage failed: " + "; ".join(problems))
-    cfg.eval.gt = cfg.eval.gt or str(synth_dir / "eval.json")
-    cfg.eval.vocab = cfg.eval.vocab or str(synth_dir / "vocab.yaml")
-    cfg.eval.image_root = cfg.eval.image_root or str(synth_dir / "images")
+    cfg.eval.gt = cfg.eval.gt or str(world_file["eval"])
+    cfg.eval.vocab = cfg.eval.vocab or str(world_file["vocab"])
+    cfg.eval.image_root = cfg.eval.image_root or str(world_file["images"])
     validate = make_validator(cfg.eval) if cfg.eval.every else None
     with timed(timings, "train"):
-        trained = run_training(cfg.train, cfg.model, cfg.loss, cfg.loader, [run_dir / "shards"], run_dir / "train",
+        trained = run_training(cfg.train, cfg.model, cfg.loss, cfg.loader, [run.shards], run.train,
                                to_dict(cfg), validate=validate, validate_every=cfg.eval.every)
     if trained["stopped"] != "completed":
         raise OvdetError(f"training {trained['stopped']} at step {trained['step']}; re-run the same command to resume")
     with timed(timings, "eval"):
-        metrics = evaluate_model(run_dir / "train" / "final", cfg.eval, run_dir / "eval")
+        metrics = evaluate_model(run.final_model, cfg.eval, run.eval)
     summary = headline(metrics, timings)
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
-    (run_dir / "report.md").write_text(demo_report(summary, run_dir))
+    write_json_atomic(run.summary, summary, sort_keys=False)
+    write_text_atomic(run.report, demo_report(summary, run))
     print_headline(summary)
     return summary
 
@@ -85,20 +86,25 @@ def headline(metrics: dict, timings: dict[str, float]) -> dict[str, Any]:
     return {key: metrics[key] for key in HEADLINE} | {"seconds": timings}
 
 
+def stage_times(summary: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in summary["seconds"].items())
+
+
 def print_headline(summary: dict) -> None:
-    print("\n            base    novel   all     HM")
-    for key in HEADLINE:
-        row = summary[key]
-        print(f"{key:8s}  " + "  ".join(f"{row[k]:.4f}" for k in ("base", "novel", "all", "hm")))
-    print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()))
+    print(f"\n{LEGEND}")
+    print(format_split_table(summary, HEADLINE, digits=2))
+    print(f"stage seconds: {stage_times(summary)}")
 
 
-def demo_report(summary: dict, run_dir: Path) -> str:
-    lines = ["# ovdet demo run", "", "| metric | base | novel | all | HM |", "|---|---|---|---|---|"]
-    for key in HEADLINE:
-        row = summary[key]
-        lines.append(f"| {key} | " + " | ".join(f"{row[k]:.4f}" for k in ("base", "novel", "all", "hm")) + " |")
-    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in summary["seconds"].items()), "",
-              f"Details: [eval report](eval/report.md), metrics in `eval/metrics.json`, training log in "
-              f"`train/metrics.jsonl`; shards and counts in `shards/manifest.json`. Run folder: `{run_dir}`."]
+def demo_report(summary: dict, run: RunPaths) -> str:
+    """``report.md``: the headline table, stage times and links into the run folder."""
+
+    def link(path) -> str:
+        return path.relative_to(run.run_dir).as_posix()
+
+    lines = ["# ovdet demo run", "", LEGEND, "", format_split_table(summary, HEADLINE, markdown=True, digits=2), "",
+             f"Stage times (s): {stage_times(summary)}", "",
+             f"Details: [eval report]({link(run.eval_report)}), metrics in `{link(run.metrics)}`, training log in "
+             f"`{link(TrainPaths(run.train).metrics_log)}`; shards and counts in `{link(run.manifest)}`. "
+             f"Run folder: `{run.run_dir}`."]
     return "\n".join(lines) + "\n"

@@ -18,10 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ovdet.data.loader import letterbox
+from ovdet.data.letterbox import boxes_from_letterbox, letterbox
 from ovdet.data.prompts import class_prompts
 from ovdet.errors import OvdetError
-from ovdet.ops.boxes import box_cxcywh_to_xyxy
 
 
 @dataclass
@@ -42,7 +41,7 @@ def postprocess(
     input_size: int, top_k: int, score_threshold: float, nms_iou: float,
 ) -> list[tuple[list[float], int, float]]:
     """One image: logits ``[Q, C]``, boxes ``[Q, 4]`` normalized cxcywh -> top-k (xyxy px, class, score)."""
-    from torchvision.ops import batched_nms
+    from torchvision.ops import batched_nms, remove_small_boxes
 
     scores = logits.sigmoid()  # (Q, C)
     num_classes = scores.shape[1]
@@ -50,11 +49,9 @@ def postprocess(
     k = min(top_k * 4, flat.numel())  # spare candidates for the area filter and NMS
     values, order = flat.topk(k)
     queries, classes = order // num_classes, order % num_classes
-    boxes = box_cxcywh_to_xyxy(boxes_cxcywh[queries]) * input_size / scale
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-    has_area = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)  # not in the padding
-    keep = (values >= score_threshold) & has_area
+    boxes = boxes_from_letterbox(boxes_cxcywh[queries], scale, input_size, width, height)
+    keep = torch.where(values >= score_threshold)[0]
+    keep = keep[remove_small_boxes(boxes[keep], min_size=1.0)]  # a box in the padding is clipped to nothing
     boxes, values, classes = boxes[keep], values[keep], classes[keep]
     kept = batched_nms(boxes, values, classes, nms_iou) if nms_iou > 0 else torch.arange(len(values))
     kept = kept[:top_k]
@@ -148,11 +145,13 @@ def open_image(item) -> Image.Image:
 
 
 def resolve_model_folder(path: str | Path) -> Path:
+    """A model folder, a training folder's ``final/`` (``ovdet.runs``), or a Hub repo id downloaded."""
+    from ovdet.runs import find_model_dir
+
     folder = Path(path)
-    if folder.is_dir() and (folder / "model.safetensors").is_file():
-        return folder
-    if folder.is_dir() and (folder / "final" / "model.safetensors").is_file():
-        return folder / "final"
+    found = find_model_dir(folder)
+    if found is not None:
+        return found
     if not folder.exists() and str(path).count("/") == 1:
         from huggingface_hub import snapshot_download
 

@@ -8,6 +8,7 @@ detections (red) when an image root is given. matplotlib (Agg) is imported only 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ MAX_BOXES_PER_EXAMPLE = 20
 MAX_LABELLED_BARS = 80
 
 
-def format_percent(value: float) -> str:
-    return "-" if value < 0 else f"{100 * value:.1f}"
+def format_percent(value: float, digits: int = 1) -> str:
+    return "-" if value < 0 else f"{100 * value:.{digits}f}"
 
 
 def table_rows(metrics: dict) -> list[str]:
@@ -33,16 +34,23 @@ def table_rows(metrics: dict) -> list[str]:
     return [*AP_ROWS, *(key for key, value in metrics.items() if key.startswith("AR") and isinstance(value, dict))]
 
 
-def format_table(metrics: dict, markdown: bool = False) -> str:
-    """Rows AP..APl and AR, columns base/novel/all/hm, in percent ('-' where undefined); then the
-    protocol and, where categories carry LVIS frequencies, APr / APc / APf."""
-    rows = [["", *TABLE_COLUMNS]]
-    rows += [[name, *(format_percent(metrics[name][col]) for col in TABLE_COLUMNS)] for name in table_rows(metrics)]
+def format_split_table(metrics: dict, rows: Sequence[str], markdown: bool = False, digits: int = 1) -> str:
+    """The metrics table: one row per name in ``rows``, columns base/novel/all/hm, in percent with
+    ``digits`` decimals ('-' where undefined); plain text right-aligned, or markdown."""
+    cells = [["", *TABLE_COLUMNS]]
+    cells += [[name, *(format_percent(metrics[name][col], digits) for col in TABLE_COLUMNS)] for name in rows]
     if markdown:
-        lines = ["| " + " | ".join(row) + " |" for row in rows]
-        lines.insert(1, "|" + "---|" * len(rows[0]))
+        lines = ["| " + " | ".join(row) + " |" for row in cells]
+        lines.insert(1, "|" + "---|" * len(cells[0]))
     else:
-        lines = ["".join(cell.rjust(8) for cell in row) for row in rows]
+        lines = ["".join(cell.rjust(8) for cell in row) for row in cells]
+    return "\n".join(lines)
+
+
+def format_table(metrics: dict, markdown: bool = False) -> str:
+    """Rows AP..APl and AR (``format_split_table``); then the protocol and, where categories carry
+    LVIS frequencies, APr / APc / APf."""
+    lines = [format_split_table(metrics, table_rows(metrics), markdown)]
     footer = [f"protocol {metrics.get('protocol', 'coco')}"]
     footer += [f"{name} {format_percent(metrics[name])}" for name in FREQUENCY_KEYS if name in metrics]
     return "\n".join([*lines, "", "  ".join(footer)])

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from ovdet.cli import main
 from ovdet.errors import OvdetError
-from ovdet.hub import publish
+from ovdet.publish import publish
 
 REPO_ID = "my-org/ovdet-tiny"
 FAKE_TOKEN = "hf_FAKEtokenDoNotLeak9f3a1c77e2"
@@ -166,6 +166,27 @@ def test_model_card_metadata_validates_and_carries_the_model_index(exported):
     assert f'ovdet detect --model {REPO_ID} --vocab "cat,dog,red car"' in card.text
     assert f'Detector.from_pretrained("{REPO_ID}")' in card.text
     assert "| AP | 41.25 | 20.31 | 36.01 | 27.22 |" in card.text
+
+
+def test_undefined_metrics_are_dashed_in_the_table_and_left_out_of_the_model_index(bare_model, tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({**METRICS, "AP": {"base": 0.4125, "novel": -1.0, "all": 0.3601, "hm": -1.0}}))
+    folder = publish(bare_model, REPO_ID, out_dir=tmp_path / "out", dry_run=True, metrics_path=path)
+    card = ModelCard.load(folder / "README.md")
+    assert "| AP | 41.25 | - | 36.01 | - |" in card.text  # the table ovdet eval prints (ovdet.eval.report)
+    assert {r.metric_type for r in card.data.eval_results} == {"AP_base", "AP_all", "AP50_base", "AP50_novel",
+                                                               "AP50_all", "AP50_hm"}
+
+
+@pytest.mark.parametrize("protocol, named", [(None, "COCO protocol (pycocotools COCOeval)"),
+                                              ("lvis", "LVIS federated protocol (lvis-api LVISEval"),
+                                              ("lvis-fixed", "LVIS Fixed AP protocol")])
+def test_card_names_the_evaluation_protocol_of_the_metrics(bare_model, tmp_path, protocol, named):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({**METRICS, **({"protocol": protocol} if protocol else {})}))
+    folder = publish(bare_model, REPO_ID, out_dir=tmp_path / "out", dry_run=True, metrics_path=path)
+    text = ModelCard.load(folder / "README.md").text
+    assert named in text and text.count("protocol") == 1
 
 
 @pytest.mark.parametrize("layout", ["run", "train", "final"])
