@@ -15,6 +15,8 @@ from pathlib import Path
 
 from ovdet.config import Config, load_config, read_yaml, to_yaml
 from ovdet.errors import OvdetError
+from ovdet.resources import config_file
+from ovdet.runs import RunPaths, TrainPaths
 
 log = logging.getLogger("ovdet")
 
@@ -35,14 +37,15 @@ def setup_logging(log_file: Path | None = None, verbose: bool = False) -> None:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    parser.add_argument("--config", default=default, help=f"YAML config file (default: {default or 'built-in defaults'})")
+    parser.add_argument("--config", default=default, help=(
+        f"YAML config file or packaged config name (default: {default or 'built-in defaults'})"))
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=100")
 
 
 def resolve_config(args) -> Config:
     """Load the full tree; a YAML whose top level holds ``sources`` is a data config."""
-    raw_path = args.config
+    raw_path = config_file(args.config) if args.config else None
     overrides = list(args.overrides)
     if raw_path and "sources" in read_yaml(raw_path):
         overrides = [f"data.{o}" if not o.startswith("data.") else o for o in overrides]
@@ -76,8 +79,8 @@ def cmd_synth(args) -> int:
 
 
 def cmd_shard(args) -> int:
-    from pipelines.shard import run_shard_stage
-    from pipelines.shard_report import format_summary, stage_problems
+    from ovdet.pipelines.shard import run_shard_stage
+    from ovdet.pipelines.shard_report import format_summary, stage_problems
 
     cfg = resolve_config(args)
     if args.ray_address:
@@ -101,9 +104,10 @@ def cmd_train(args) -> int:
     cfg = resolve_config(args)
     if maybe_print_config(args, cfg):
         return 0
-    out_dir = Path(args.out or Path(cfg.run_dir) / "train")
-    setup_logging(out_dir / "logs" / "train.log")
-    shard_dirs = [Path(d) for d in cfg.loader.shard_dirs] or [Path(cfg.run_dir) / "shards"]
+    run = RunPaths(cfg.run_dir)
+    out_dir = Path(args.out or run.train)
+    setup_logging(TrainPaths(out_dir).log)
+    shard_dirs = [Path(d) for d in cfg.loader.shard_dirs] or [run.shards]
     validate = None
     if cfg.eval.every and (cfg.eval.gt or cfg.eval.shards):
         from ovdet.eval.evaluator import make_validator
@@ -143,8 +147,8 @@ def cmd_eval(args) -> int:
     cfg.eval.synonym_prompts = cfg.eval.synonym_prompts or args.synonym_prompts
     if maybe_print_config(args, cfg):
         return 0
-    model = args.model or str(Path(cfg.run_dir) / "train" / "final")
-    evaluate_model(model, cfg.eval, Path(args.out or Path(cfg.run_dir) / "eval"))
+    run = RunPaths(cfg.run_dir)
+    evaluate_model(args.model or str(run.final_model), cfg.eval, Path(args.out or run.eval))
     return 0
 
 
@@ -163,13 +167,13 @@ def cmd_demo(args) -> int:
     cfg = resolve_config(args)
     if maybe_print_config(args, cfg):
         return 0
-    setup_logging(Path(cfg.run_dir) / "logs" / "demo.log")
+    setup_logging(RunPaths(cfg.run_dir).demo_log)
     run_demo(cfg, overwrite=args.overwrite)
     return 0
 
 
 def cmd_publish(args) -> int:
-    from ovdet.hub import publish
+    from ovdet.publish import publish
 
     publish(args.checkpoint, args.repo_id, out_dir=args.out, private=args.private, revision=args.revision,
             dry_run=args.dry_run, metrics_path=args.metrics, no_metrics=args.no_metrics)
@@ -203,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the detector with DeepSpeed", description=(
         "Train from shards (loader.shard_dirs, default RUN_DIR/shards). Resumes from the latest checkpoint "
         "unless train.resume=none. Launch with `deepspeed`, `torchrun` or `srun` for several ranks."))
-    add_config_arguments(p, default="configs/demo.yaml")
+    add_config_arguments(p, default="demo")
     p.add_argument("--out", default=None, help="training folder (default RUN_DIR/train)")
     p.set_defaults(func=cmd_train)
 
@@ -262,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run synth -> shard -> train -> eval end to end", description=(
         "The walking skeleton on the built-in synthetic world, in RUN_DIR (default runs/demo)."))
-    add_config_arguments(p, default="configs/demo.yaml")
+    add_config_arguments(p, default="demo")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in RUN_DIR")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -20,10 +20,11 @@ from pathlib import Path
 
 from ovdet.config import DataConfig, load_config, read_yaml
 from ovdet.errors import OvdetError
+from ovdet.resources import config_file, slurm_template_dir
+from ovdet.runs import RunPaths
 
 STAGES = ("shard", "train", "eval", "publish")
 TEMPLATES = {"shard": "shard.sbatch", "train": "pretrain.sbatch", "eval": "eval.sbatch", "publish": "publish.sbatch"}
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "slurm"
 SETTINGS_BEGIN, SETTINGS_END = "# >>> settings", "# <<< settings"
 PREEMPTION_WARNING_S = 120  # seconds before the time limit Slurm sends USR1: room for one step + a save
 
@@ -64,7 +65,7 @@ class Job:
 
 def load_run_spec(config: str, overrides: list[str], run_dir: str | None = None, **extra) -> RunSpec:
     """Validate the config and overrides now (a typo fails here, not in the queue) and find run_dir."""
-    config_path = Path(config).resolve()
+    config_path = config_file(config).resolve()
     if is_data_config(config_path):
         load_config(config_path, [o.removeprefix("data.") for o in overrides], cls=DataConfig)
         resolved_run_dir = run_dir or load_config(None).run_dir
@@ -117,7 +118,7 @@ def stage_shape(stage: str, resources: Resources) -> tuple[int, int, int]:
 
 def sbatch_directives(stage: str, name: str, resources: Resources, run: RunSpec) -> list[str]:
     nodes, tasks_per_node, gpus = stage_shape(stage, resources)
-    log_dir = run.run_dir / "slurm"
+    log_dir = RunPaths(run.run_dir).slurm
     options = [f"--job-name={name}", f"--chdir={run.workdir}",
                f"--output={log_dir}/%x-%j.out", f"--error={log_dir}/%x-%j.err",
                f"--nodes={nodes}", f"--ntasks={nodes * tasks_per_node}", f"--ntasks-per-node={tasks_per_node}"]
@@ -141,10 +142,10 @@ def settings_lines(stage: str, run: RunSpec, resources: Resources) -> list[str]:
         lines.append(f"OVDET_CONFIG={quote(str(run.config))}")
         lines.append(f"OVDET_OVERRIDES=({' '.join(quote(o) for o in run.overrides)})")
     if stage == "shard":
-        lines.append(f"SHARD_DIR={quote(str(run.run_dir / 'shards'))}")
+        lines.append(f"SHARD_DIR={quote(str(RunPaths(run.run_dir).shards))}")
     if stage == "eval":
-        lines.append(f"MODEL_DIR={quote(str(run.run_dir / 'train' / 'final'))}")
-        lines.append(f"EVAL_DIR={quote(str(run.run_dir / 'eval'))}")
+        lines.append(f"MODEL_DIR={quote(str(RunPaths(run.run_dir).final_model))}")
+        lines.append(f"EVAL_DIR={quote(str(RunPaths(run.run_dir).eval))}")
     if stage == "publish":
         lines.append(f"RUN_DIR={quote(str(run.run_dir))}")
         lines.append(f"REPO_ID={quote(run.repo_id or '')}")
@@ -171,8 +172,8 @@ def render_template(template: str, directives: list[str], settings: list[str], s
     return "\n".join(header + body) + "\n"
 
 
-def render_job(stage: str, run: RunSpec, resources: Resources, template_dir: Path = TEMPLATE_DIR) -> Job:
-    template_path = template_dir / TEMPLATES[stage]
+def render_job(stage: str, run: RunSpec, resources: Resources, template_dir: Path | None = None) -> Job:
+    template_path = (template_dir or slurm_template_dir()) / TEMPLATES[stage]
     try:
         template = template_path.read_text()
     except OSError as exc:
@@ -180,7 +181,7 @@ def render_job(stage: str, run: RunSpec, resources: Resources, template_dir: Pat
     name = job_name(run, stage)
     script = render_template(template, sbatch_directives(stage, name, resources, run),
                              settings_lines(stage, run, resources), str(template_path))
-    return Job(stage=stage, name=name, path=run.run_dir / "slurm" / f"{name}.sbatch", script=script)
+    return Job(stage=stage, name=name, path=RunPaths(run.run_dir).slurm / f"{name}.sbatch", script=script)
 
 
 def sbatch_command(job: Job, after: str | None) -> list[str]:
@@ -244,7 +245,7 @@ def cmd_submit(args) -> int:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="run config (or, for shard, a data config)")
+    parser.add_argument("--config", required=True, help="run config file or packaged config name, e.g. demo (for shard, also a data config)")
     parser.add_argument("--nodes", type=int, default=1, help="nodes for shard and train (default 1)")
     parser.add_argument("--gpus-per-node", type=int, default=0,
                         help="GPUs per node; 0 trains on CPU (DS_ACCELERATOR=cpu) (default 0)")

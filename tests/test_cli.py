@@ -1,5 +1,6 @@
 """The CLI: help on every subcommand, --print-config, one-line user errors with exit code 2."""
 
+import argparse
 import subprocess
 import sys
 
@@ -11,12 +12,51 @@ from ovdet.cli import build_parser, main
 SUBCOMMANDS = ["synth", "shard", "train", "eval", "detect", "publish", "demo", "submit"]
 
 
-@pytest.mark.parametrize("command", SUBCOMMANDS)
-def test_every_subcommand_explains_its_arguments(command, capsys):
+def subparsers_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(actions[0].choices) if actions else {}
+
+
+def leaf_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every runnable command line prefix: ``("train",)``, ``("submit", "train")``, ..."""
+    children = subparsers_of(parser)
+    if not children:
+        return [prefix]
+    return [leaf for name, child in children.items() for leaf in leaf_commands(child, (*prefix, name))]
+
+
+LEAVES = leaf_commands(build_parser())
+
+
+def test_the_listed_subcommands_are_all_of_them():
+    assert sorted(subparsers_of(build_parser())) == sorted(SUBCOMMANDS)
+    assert ("submit", "pipeline") in LEAVES and ("submit", "train") in LEAVES
+
+
+@pytest.mark.parametrize("command", LEAVES, ids=" ".join)
+def test_every_command_explains_its_arguments(command, capsys):
+    """Every argument has its own help text, and --help shows each option and positional by name."""
+    parser = build_parser()
+    for name in command:
+        parser = subparsers_of(parser)[name]
+    arguments = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+    assert arguments, f"{' '.join(command)} takes no arguments"
+    assert [a.dest for a in arguments if not a.help or a.help == argparse.SUPPRESS] == []
     with pytest.raises(SystemExit) as exit_info:
-        build_parser().parse_args([command, "--help"])
+        build_parser().parse_args([*command, "--help"])
     assert exit_info.value.code == 0
-    assert "--" in capsys.readouterr().out
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps long lines
+    for argument in arguments:
+        for name in argument.option_strings or [argument.metavar or argument.dest]:
+            assert name in shown, f"{' '.join(command)} --help does not show {name}"
+        assert " ".join(argument.help.split())[:30].replace("%%", "%") in shown
+
+
+def test_default_config_is_the_packaged_demo_from_any_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--print-config", "train.steps=2"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["run_dir"] == "runs/demo" and printed["train"]["steps"] == 2
 
 
 def test_print_config_shows_the_resolved_tree(capsys):
@@ -40,7 +80,7 @@ def test_unknown_key_is_one_line_and_exit_2():
 def test_missing_config_is_one_line_and_exit_2(tmp_path):
     result = run_cli("demo", "--config", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2
-    assert "missing.yaml: cannot read config" in result.stderr
+    assert "missing.yaml: no such config file, and not a packaged config (demo, data/synthetic)" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -11,6 +11,7 @@ import yaml
 
 from ovdet import submit
 from ovdet.errors import OvdetError
+from ovdet.resources import slurm_template_dir
 from ovdet.submit import Resources, load_run_spec, render_job
 
 
@@ -221,7 +222,7 @@ def test_a_data_config_can_be_sharded_into_the_given_run_dir(tmp_path, fake_sbat
 
 def test_templates_are_documented_at_the_top():
     for name in submit.TEMPLATES.values():
-        head = (submit.TEMPLATE_DIR / name).read_text().splitlines()[:12]
+        head = (slurm_template_dir() / name).read_text().splitlines()[:12]
         text = "\n".join(head)
-        assert head[0] == "#!/bin/bash" and "Expects" in (submit.TEMPLATE_DIR / name).read_text()
+        assert head[0] == "#!/bin/bash" and "Expects" in (slurm_template_dir() / name).read_text()
         assert f"slurm/{name}" in text
