@@ -10,7 +10,6 @@ A model folder holds ``model.safetensors`` and ``model_spec.json`` (written by t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from PIL import Image
 from ovdet.data.letterbox import boxes_from_letterbox, letterbox
 from ovdet.data.prompts import class_prompts
 from ovdet.errors import OvdetError
+from ovdet.fileio import read_json
+from ovdet.runs import MODEL_SPEC, MODEL_WEIGHTS, find_model_dir
 
 
 @dataclass
@@ -75,10 +76,10 @@ class Detector:
         from ovdet.models.factory import create_detector
 
         folder = resolve_model_folder(path)
-        spec = json.loads((folder / "model_spec.json").read_text())["spec"]
+        spec = read_json(folder / MODEL_SPEC, expected=dict)["spec"]
         spec = localize_spec(spec, folder)
         model = create_detector(spec, load_weights=False)
-        missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+        missing, unexpected = model.load_state_dict(load_file(str(folder / MODEL_WEIGHTS)), strict=False)
         if missing or unexpected:
             raise OvdetError(f"{folder}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
         return cls(model, spec)
@@ -146,8 +147,6 @@ def open_image(item) -> Image.Image:
 
 def resolve_model_folder(path: str | Path) -> Path:
     """A model folder, a training folder's ``final/`` (``ovdet.runs``), or a Hub repo id downloaded."""
-    from ovdet.runs import find_model_dir
-
     folder = Path(path)
     found = find_model_dir(folder)
     if found is not None:

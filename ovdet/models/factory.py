@@ -16,7 +16,6 @@ spec stays valid on another machine.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 
 from ovdet.config import ModelConfig
 from ovdet.errors import OvdetError
+from ovdet.fileio import read_json, read_yaml
 from ovdet.resources import model_config_file, model_config_names
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,7 @@ def resolve_model_spec(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def read_arch(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        text = path.read_text()
-        arch = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise OvdetError(f"{path}: cannot read model config: {exc}") from None
+    arch = (read_json if path.suffix == ".json" else read_yaml)(path, expected=dict)
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in arch:
             raise OvdetError(f"{path}: model config lacks '{key}'")
