@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ovdet.config import Config, load_config, read_yaml, to_yaml
+from ovdet.config import Config, is_data_config, load_config, to_yaml
 from ovdet.errors import OvdetError
 from ovdet.resources import config_file
 from ovdet.runs import RunPaths, TrainPaths
@@ -47,7 +47,7 @@ def resolve_config(args) -> Config:
     """Load the full tree; a YAML whose top level holds ``sources`` is a data config."""
     raw_path = config_file(args.config) if args.config else None
     overrides = list(args.overrides)
-    if raw_path and "sources" in read_yaml(raw_path):
+    if raw_path and is_data_config(raw_path):
         overrides = [f"data.{o}" if not o.startswith("data.") else o for o in overrides]
         cfg = load_config(None, overrides)
         data_cfg = load_config(raw_path, [o.removeprefix("data.") for o in overrides], cls=type(cfg.data))

@@ -218,6 +218,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, cls
     return build(cls, raw, source, prefix="")
 
 
+def is_data_config(path: str | Path) -> bool:
+    """A data config (what ``ovdet shard`` reads) holds ``sources`` at its top level; a run config does not."""
+    return "sources" in read_yaml(path)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's top-level mapping (``{}`` for an empty file); errors name the file and line."""
     return fileio.read_yaml(path, expected=dict)

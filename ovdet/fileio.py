@@ -12,7 +12,6 @@ same folder and ``os.replace``, so an interrupted process never leaves a truncat
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -105,7 +104,3 @@ def is_number(value: Any) -> bool:
 
 def is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_finite_number(value: Any) -> bool:
-    return is_number(value) and math.isfinite(value)

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ovdet.config import DataConfig, load_config, read_yaml
+from ovdet.config import DataConfig, is_data_config, load_config
 from ovdet.errors import OvdetError
 from ovdet.resources import config_file, slurm_template_dir
 from ovdet.runs import RunPaths
@@ -74,10 +74,6 @@ def load_run_spec(config: str, overrides: list[str], run_dir: str | None = None,
             overrides = [*overrides, f"run_dir={run_dir}"]
         resolved_run_dir = load_config(config_path, overrides).run_dir
     return RunSpec(config=config_path, run_dir=Path(resolved_run_dir).resolve(), overrides=list(overrides), **extra)
-
-
-def is_data_config(path: Path) -> bool:
-    return "sources" in read_yaml(path)
 
 
 def check_stages(stages: list[str], run: RunSpec) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import zipfile
 from pathlib import Path
@@ -124,8 +125,7 @@ def smoke_venv(tmp_path: Path, wheel: Path) -> Path:
                                check=True, capture_output=True, text=True).stdout.strip())
     deps = venv / "deps"
     deps.mkdir()
-    ours = Path(subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    ours = Path(sysconfig.get_path("purelib"))  # this test venv's site-packages
     for entry in ours.iterdir():
         if not (entry.name.startswith(("ovdet", "__editable__", "_ovdet")) or entry.suffix == ".pth"):
             (deps / entry.name).symlink_to(entry)
