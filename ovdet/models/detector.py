@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovdet.models.heads import MLP, BoxHead, ClassHead
-from ovdet.models.text import TextEncoder
+from ovdet.models.posembed import fit_vit_to_input_size
+from ovdet.models.text import TextEncoder, embed_text_lists
 
 
 @dataclass
@@ -88,9 +89,9 @@ class OpenVocabDetector(nn.Module):
     def __init__(self, clip_model: nn.Module, tokenizer, spec: dict[str, Any], mean: list, std: list):
         super().__init__()
         self.spec = spec
-        image_size = input_size_of(clip_model.visual)
-        self.image_size = int(spec.get("input_size") or image_size)
-        self.backbone = ImageBackbone(clip_model.visual, spec["feature_indices"], image_size)
+        self.image_size = int(spec.get("input_size") or input_size_of(clip_model.visual))
+        fit_vit_to_input_size(clip_model.visual, self.image_size)  # a 224 px ViT detects at 768 px (OWL-ViT)
+        self.backbone = ImageBackbone(clip_model.visual, spec["feature_indices"], self.image_size)
         clip_model.visual = nn.Identity()  # the text tower keeps the rest of the CLIP module
         for name in ("logit_scale", "logit_bias"):  # CLIP's image-text scalars: unused here
             if isinstance(getattr(clip_model, name, None), nn.Parameter):
@@ -140,6 +141,11 @@ class OpenVocabDetector(nn.Module):
         fused = self.neck(self.backbone(pixels))  # (B, W, H, W')
         grid = (fused.shape[-2], fused.shape[-1])
         return self.token_norm(fused.flatten(2).transpose(1, 2)), grid
+
+    def predict(self, images: torch.Tensor, texts: list[list[str]]) -> tuple[DetectorOutput, torch.Tensor]:
+        """Images and each image's texts -> ``(DetectorOutput, text_mask)`` (the trainer's call)."""
+        text_embeds, text_mask = embed_text_lists(self, texts)
+        return self(images, text_embeds, text_mask), text_mask
 
     def forward(self, images: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor) -> DetectorOutput:
         tokens, grid = self.region_tokens(images)
