@@ -95,6 +95,7 @@ class LoaderConfig:
     # the image's not-exhaustive categories
     federated_negatives: Literal["verified", "pool"] = "verified"
     min_scale: float = 0.75  # random letterbox scale jitter in [min_scale, 1]
+    resize: Literal["letterbox", "stretch"] = "letterbox"  # the trainer sets a transformers model's
     seed: int = 0
 
 
@@ -102,13 +103,12 @@ class LoaderConfig:
 class ModelConfig:
     """The detector and its towers."""
 
-    name: str = "minilm-efficientnet-lite0"  # configs/models/NAME.yaml, a YAML path, or an open_clip name
+    # configs/models/NAME.yaml, a YAML path, an open_clip name, or hf:FOLDER (ovdet.models.hf)
+    name: str = "minilm-efficientnet-lite0"
     pretrained: str = ""  # open_clip pretrained tag or checkpoint path ("" keeps the config's own)
     head_width: int = 256
     feature_indices: list[int] = field(default_factory=lambda: [3, 4])
-    # OWLv2-style objectness head; refused until a loss trains it (an untrained head's log-sigmoid
-    # would be added to every score at inference)
-    objectness: bool = False
+    objectness: bool = False  # OWLv2-style head; refused until a loss trains it (docs/models.md)
     freeze_text: bool = True
     freeze_image: bool = False
     lr_mult_text: float = 0.1

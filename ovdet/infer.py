@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ovdet.data.letterbox import boxes_from_letterbox, letterbox
+from ovdet.data.letterbox import letterbox
 from ovdet.data.prompts import class_prompts
 from ovdet.errors import OvdetError
 from ovdet.fileio import read_json
+from ovdet.ops.boxes import box_cxcywh_to_xyxy, clip_boxes_xyxy
 from ovdet.runs import MODEL_SPEC, MODEL_WEIGHTS, find_model_dir
 
 
@@ -38,10 +39,13 @@ class Detection:
 
 
 def postprocess(
-    logits: torch.Tensor, boxes_cxcywh: torch.Tensor, scale: float, width: int, height: int,
-    input_size: int, top_k: int, score_threshold: float, nms_iou: float,
+    logits: torch.Tensor, boxes_cxcywh: torch.Tensor, box_scale: tuple[float, float], width: int, height: int,
+    top_k: int, score_threshold: float, nms_iou: float,
 ) -> list[tuple[list[float], int, float]]:
-    """One image: logits ``[Q, C]``, boxes ``[Q, 4]`` normalized cxcywh -> top-k (xyxy px, class, score)."""
+    """One image: logits ``[Q, C]``, boxes ``[Q, 4]`` normalized cxcywh -> top-k (xyxy px, class, score).
+
+    ``box_scale``: original-image pixels per normalized box unit along x and y (the model's
+    geometry: ``input_size / letterbox scale`` on both axes for ovdet's canvas)."""
     from torchvision.ops import batched_nms, remove_small_boxes
 
     scores = logits.sigmoid()  # (Q, C)
@@ -50,7 +54,8 @@ def postprocess(
     k = min(top_k * 4, flat.numel())  # spare candidates for the area filter and NMS
     values, order = flat.topk(k)
     queries, classes = order // num_classes, order % num_classes
-    boxes = boxes_from_letterbox(boxes_cxcywh[queries], scale, input_size, width, height)
+    scale_xyxy = torch.tensor([box_scale[0], box_scale[1]] * 2, dtype=boxes_cxcywh.dtype, device=boxes_cxcywh.device)
+    boxes = clip_boxes_xyxy(box_cxcywh_to_xyxy(boxes_cxcywh[queries]) * scale_xyxy, width, height)
     keep = torch.where(values >= score_threshold)[0]
     keep = keep[remove_small_boxes(boxes[keep], min_size=1.0)]  # a box in the padding is clipped to nothing
     boxes, values, classes = boxes[keep], values[keep], classes[keep]
@@ -70,13 +75,21 @@ class Detector:
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Detector:
-        """Load a model folder (trainer ``final/``, a published folder, or a Hub repo id)."""
+        """Load a model folder (trainer ``final/``, a published folder, or a Hub repo id), or
+        ``hf:FOLDER``: any ``transformers`` OWL-ViT/OWLv2/Grounding DINO folder (``ovdet.models.hf``)."""
         from safetensors.torch import load_file
 
         from ovdet.models.factory import create_detector
+        from ovdet.models.hf.common import hf_spec, is_hf_name
 
+        if is_hf_name(str(path)):
+            spec = hf_spec(str(path))
+            return cls(create_detector(spec, load_weights=True), spec)
         folder = resolve_model_folder(path)
         spec = read_json(folder / MODEL_SPEC, expected=dict)["spec"]
+        if spec.get("kind") == "hf":  # the folder is a save_pretrained folder too
+            spec = {**spec, "source": str(folder)}
+            return cls(create_detector(spec, load_weights=True, model_folder=folder), spec)
         spec = localize_spec(spec, folder)
         model = create_detector(spec, load_weights=False)
         missing, unexpected = model.load_state_dict(load_file(str(folder / MODEL_WEIGHTS)), strict=False)
@@ -110,26 +123,37 @@ class Detector:
 
         if not vocabulary:
             raise OvdetError("the vocabulary is empty")
-        embeds = self.class_embeddings(list(vocabulary), templates, synonyms)
+        if getattr(self.model, "fuses_text", False):  # the names go into the prompt (Grounding DINO)
+            if synonyms is not None:
+                raise OvdetError(f"{self.spec['name']}: synonym ensembling needs text embeddings; this model "
+                                 "reads the names in its prompt")
+            queries = [texts[0] for texts in class_prompts(list(vocabulary))]
+        else:
+            queries = self.class_embeddings(list(vocabulary), templates, synonyms)
         results = []
         for start in tqdm(range(0, len(images), batch_size), desc="detect", disable=not progress):
             chunk = [open_image(i) for i in images[start : start + batch_size]]
-            raw = self.detect_batch(chunk, embeds, score_threshold, top_k, nms_iou)
+            raw = self.detect_batch(chunk, queries, score_threshold, top_k, nms_iou)
             results.extend([[Detection(b, vocabulary[c], c, s) for b, c, s in image] for image in raw])
         return results
 
-    def detect_batch(self, images: list[Image.Image], embeds: torch.Tensor, score_threshold, top_k, nms_iou):
-        arrays, scales = zip(*(letterbox(image, self.input_size) for image in images), strict=True)
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-        text = embeds[None].expand(len(images), -1, -1)
-        mask = torch.ones(text.shape[:2], dtype=torch.bool)
-        output = self.model(pixels, text, mask)
+    def detect_batch(self, images: list[Image.Image], queries, score_threshold, top_k, nms_iou):
+        """``queries``: class embeddings ``[C, D]``, or the names for a model that reads them (Grounding DINO)."""
+        if self.spec.get("kind") == "hf":  # the model's own processor: pixels identical to transformers'
+            output = self.model.predict_processed(self.model.processor_inputs(images), queries)
+            box_scales = [self.model.pixel_scale(image.width, image.height) for image in images]
+        else:
+            arrays, scales = zip(*(letterbox(image, self.input_size) for image in images), strict=True)
+            pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+            text = queries[None].expand(len(images), -1, -1)
+            output = self.model(pixels, text, torch.ones(text.shape[:2], dtype=torch.bool))
+            box_scales = [(self.input_size / scale,) * 2 for scale in scales]
         logits = output.pred_logits
-        if output.objectness_logits is not None:
+        if output.objectness_logits is not None and self.spec.get("objectness"):
             logits = logits + torch.nn.functional.logsigmoid(output.objectness_logits)[..., None]
         return [
-            postprocess(logits[i], output.pred_boxes[i], scales[i], image.width, image.height, self.input_size,
-                        top_k, score_threshold, nms_iou)
+            postprocess(logits[i], output.pred_boxes[i], box_scales[i], image.width, image.height, top_k,
+                        score_threshold, nms_iou)
             for i, image in enumerate(images)
         ]
 

@@ -1,6 +1,6 @@
 """The model input's geometry: an image letterboxed onto a square, and boxes mapped into it and back.
 
-``letterbox`` resizes so the longer side is ``size * scale_factor`` and pastes the image at the
+``letterbox`` (``stretch`` for models whose processor does not keep the aspect ratio) resizes so the longer side is ``size * scale_factor`` and pastes the image at the
 top-left corner of a ``size`` square (zero padding right and below). ``scale`` maps original
 pixels to input pixels. Training (``ovdet.data.loader``) maps its boxes in with
 ``boxes_to_letterbox``; inference (``ovdet.infer``) maps the predictions out with
@@ -33,11 +33,29 @@ def letterbox(
     return canvas, scale
 
 
+def stretch(
+    image: Image.Image, size: int, scale_factor: float = 1.0, flip: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8 array [size, size, 3], scale)``: each side resized to ``size * scale_factor`` (the
+    aspect ratio is not kept: OWL-ViT's processor resizes this way), flipped when ``flip``, top-left
+    on the canvas; ``scale`` is ``[sx, sy, sx, sy]``, which ``boxes_to_letterbox`` takes as is."""
+    width, height = image.size
+    side = max(1, round(size * scale_factor))
+    image.draft("RGB", (side, side))
+    resized = image.convert("RGB").resize((side, side), Image.BILINEAR)
+    if flip:
+        resized = resized.transpose(Image.FLIP_LEFT_RIGHT)
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    canvas[:side, :side] = np.asarray(resized)
+    return canvas, np.array([side / width, side / height] * 2, dtype=np.float32)
+
+
 def boxes_to_letterbox(
-    boxes: np.ndarray, scale: float, size: int, flip_width: float | None = None
+    boxes: np.ndarray, scale: float | np.ndarray, size: int, flip_width: float | None = None
 ) -> torch.Tensor:
     """[N, 4] float32 xyxy pixels of the original image -> [N, 4] float32 normalized cxcywh of the
-    input. ``flip_width``: the resized image's width when it was flipped (``letterbox(flip=True)``)."""
+    input. ``scale``: ``letterbox``'s, or ``stretch``'s per-axis one. ``flip_width``: the resized
+    image's width when it was flipped (``flip=True``)."""
     boxes = boxes * scale
     if flip_width is not None:
         x1, y1, x2, y2 = boxes.T

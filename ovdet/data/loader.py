@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ovdet.config import LoaderConfig
-from ovdet.data.letterbox import boxes_to_letterbox, letterbox
+from ovdet.data.letterbox import boxes_to_letterbox, letterbox, stretch
 from ovdet.data.prompts import prompt_name, prompt_texts
 from ovdet.data.records import Record
 from ovdet.data.shards import SampleLocation, index_tar, read_manifest
@@ -136,10 +136,11 @@ def build_sample(jpeg: bytes, record: Record, pool: list[str], cfg: LoaderConfig
     ``pool``, the distinct texts of its source's manifest names: ``texts_of``)."""
     scale_factor = rng.uniform(cfg.min_scale, 1.0)
     flip = bool(rng.random() < cfg.hflip_probability)
-    pixels, scale = letterbox(Image.open(io.BytesIO(jpeg)), cfg.image_size, scale_factor, flip)
+    fit = stretch if cfg.resize == "stretch" else letterbox
+    pixels, scale = fit(Image.open(io.BytesIO(jpeg)), cfg.image_size, scale_factor, flip)
     positives, box_labels, keep = positives_of(record)
     boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)[keep]
-    flip_width = record.width * scale if flip else None
+    flip_width = record.width * np.ravel(scale)[0] if flip else None
     boxes = boxes_to_letterbox(boxes, scale, cfg.image_size, flip_width)
     negatives = negatives_of(record, positives, pool, cfg, rng)
     texts = apply_templates(positives + negatives, record.kind, cfg, rng)

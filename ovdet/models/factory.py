@@ -25,6 +25,7 @@ import torch
 from ovdet.config import ModelConfig
 from ovdet.errors import OvdetError
 from ovdet.fileio import read_json, read_yaml
+from ovdet.models.hf.common import create_hf_detector, hf_spec, is_hf_name
 from ovdet.resources import model_config_file, model_config_names
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ HEAD_KEYS = ("head_width", "feature_indices", "objectness", "prior_probability",
 
 def resolve_model_spec(cfg: ModelConfig) -> dict[str, Any]:
     """Turn a ``ModelConfig`` into a model spec (see module docstring), heads included."""
+    if is_hf_name(cfg.name):
+        return hf_spec(cfg.name)
     heads = {key: getattr(cfg, key) for key in HEAD_KEYS}
     path = Path(cfg.name)
     if not path.suffix:
@@ -52,7 +55,7 @@ def resolve_model_spec(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.name in open_clip.list_models():
         return {"kind": "open_clip", "name": cfg.name, "pretrained": cfg.pretrained, **heads}
     raise OvdetError(f"model '{cfg.name}': not a file, not a packaged model config ({', '.join(model_config_names())}), "
-                     "not an open_clip model name")
+                     "not an open_clip model name, not hf:FOLDER")
 
 
 def read_arch(path: Path) -> dict[str, Any]:
@@ -142,15 +145,28 @@ def load_trunk_weights_in_order(trunk: torch.nn.Module, path: str) -> None:
     trunk.load_state_dict(loaded)
 
 
-def create_detector(cfg: ModelConfig | dict[str, Any], load_weights: bool = True, input_size: int | None = None):
-    """Build an ``OpenVocabDetector`` from a ``ModelConfig`` or a saved model spec.
+def create_detector(
+    cfg: ModelConfig | dict[str, Any], load_weights: bool = True, input_size: int | None = None,
+    model_folder: Path | None = None,
+):
+    """Build an ``OpenVocabDetector`` (or, for ``hf:`` names and specs, a ``transformers``-backed
+    detector: ``ovdet.models.hf``) from a ``ModelConfig`` or a saved model spec.
 
     ``input_size`` (the loader's square input side) is recorded in the spec so inference
     letterboxes images the way training did; by default it is the architecture's image size.
+    ``model_folder``: the saved model folder a ``transformers`` processor is read from.
     """
     from ovdet.models.detector import OpenVocabDetector
 
     spec = resolve_model_spec(cfg) if isinstance(cfg, ModelConfig) else dict(cfg)
+    if spec["kind"] == "hf":
+        if input_size:
+            spec["input_size"] = input_size
+        detector = create_hf_detector(spec, load_weights, processor_source=model_folder)
+        if isinstance(cfg, ModelConfig):
+            detector.set_trainable(train_text=not cfg.freeze_text, train_image=not cfg.freeze_image)
+            detector.set_grad_checkpointing(cfg.grad_checkpointing)
+        return detector
     if spec.get("objectness"):  # ModelConfig refuses it too; this covers saved and hand-written specs
         raise OvdetError("model spec with objectness: true is not supported yet: no loss trains the "
                          "objectness head, and its untrained scores would be added to every detection's score")

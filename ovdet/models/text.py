@@ -58,3 +58,17 @@ class TextEncoder(nn.Module):
             tokens = self.tokenizer(texts[start : start + self.chunk_size]).to(device)
             parts.append(self.clip.encode_text(tokens, normalize=True).float())
         return torch.cat(parts)
+
+
+def embed_text_lists(detector: nn.Module, texts: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode each distinct text of the batch once -> ``[B, T, D]`` embeddings and ``[B, T]`` mask."""
+    unique = list(dict.fromkeys(t for image_texts in texts for t in image_texts)) or [""]
+    position = {text: i for i, text in enumerate(unique)}
+    embeddings = detector.encode_texts(unique)  # (U, D)
+    width = max(1, max(len(t) for t in texts))
+    index = torch.zeros(len(texts), width, dtype=torch.long)
+    mask = torch.zeros(len(texts), width, dtype=torch.bool)
+    for b, image_texts in enumerate(texts):
+        index[b, : len(image_texts)] = torch.tensor([position[t] for t in image_texts], dtype=torch.long)
+        mask[b, : len(image_texts)] = True
+    return embeddings[index.to(embeddings.device)], mask.to(embeddings.device)

@@ -77,11 +77,14 @@ def build_engine(task: torch.nn.Module, train: TrainConfig, model: ModelConfig, 
 
 
 def export_weights(engine, out_dir: Path, spec: dict[str, Any], extra: dict[str, Any]) -> Path:
-    """Write ``model.safetensors`` (detector weights) and ``model_spec.json`` (how to rebuild it).
+    """Write ``model.safetensors`` (detector weights) and ``model_spec.json`` (how to rebuild it);
+    for a ``transformers`` detector, its ``save_pretrained`` folder (``write_hf_folder``) besides.
 
     Every rank calls it (under ZeRO-3 gathering the weights is a collective); rank 0 writes.
     """
     from safetensors.torch import save_file
+
+    from ovdet.models.hf.common import write_hf_folder
 
     state = engine.module.detector.state_dict()
     if engine.zero_optimization_stage() == 3:
@@ -90,6 +93,9 @@ def export_weights(engine, out_dir: Path, spec: dict[str, Any], extra: dict[str,
     out_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main():
         tensors = {k: v.detach().float().contiguous().clone() for k, v in state.items()}
-        save_file(tensors, str(out_dir / "model.safetensors"))
+        if spec["kind"] == "hf":  # a transformers detector's folder is also a save_pretrained folder
+            write_hf_folder(out_dir, spec, tensors, engine.module.detector.processor)
+        else:
+            save_file(tensors, str(out_dir / "model.safetensors"))
         write_json_atomic(out_dir / "model_spec.json", {"spec": spec, **extra}, sort_keys=False)
     return out_dir

@@ -14,7 +14,6 @@ from ovdet.config import LossConfig
 from ovdet.losses.criterion import SetCriterion, weighted_sum
 from ovdet.losses.matcher import build_matcher
 from ovdet.losses.registry import scheduled_weights
-from ovdet.models.detector import OpenVocabDetector
 
 
 class DetectionTask(nn.Module):
@@ -25,7 +24,7 @@ class DetectionTask(nn.Module):
     cxcywh, ``image_labels`` [K] (caption positives of image-text samples); ``has_boxes`` [B].
     """
 
-    def __init__(self, detector: OpenVocabDetector, loss_cfg: LossConfig):
+    def __init__(self, detector: nn.Module, loss_cfg: LossConfig):
         super().__init__()
         self.detector = detector
         self.criterion = SetCriterion(build_matcher(loss_cfg), loss_cfg)
@@ -36,8 +35,7 @@ class DetectionTask(nn.Module):
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         device = self.detector.pixel_mean.device
         with self.autocast_to_parameter_dtype(device):
-            text_embeds, text_mask = embed_text_lists(self.detector, batch["texts"])
-            outputs = self.detector(batch["images"].to(device), text_embeds, text_mask)
+            outputs, text_mask = self.detector.predict(batch["images"].to(device), batch["texts"])
         matcher_input = {k: v.float() if v.is_floating_point() else v for k, v in outputs.as_matcher_input(text_mask).items()}  # noqa: E501
         columns = (batch["labels"], batch["boxes"], batch["image_labels"], batch["has_boxes"].tolist())
         targets = [criterion_target(*column, device) for column in zip(*columns, strict=True)]
@@ -61,17 +59,3 @@ def criterion_target(
     if not has_boxes:
         target["image_labels"] = image_labels.to(device)
     return target
-
-
-def embed_text_lists(detector: OpenVocabDetector, texts: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode each distinct text of the batch once -> ``[B, T, D]`` embeddings and ``[B, T]`` mask."""
-    unique = list(dict.fromkeys(t for image_texts in texts for t in image_texts)) or [""]
-    position = {text: i for i, text in enumerate(unique)}
-    embeddings = detector.encode_texts(unique)  # (U, D)
-    width = max(1, max(len(t) for t in texts))
-    index = torch.zeros(len(texts), width, dtype=torch.long)
-    mask = torch.zeros(len(texts), width, dtype=torch.bool)
-    for b, image_texts in enumerate(texts):
-        index[b, : len(image_texts)] = torch.tensor([position[t] for t in image_texts], dtype=torch.long)
-        mask[b, : len(image_texts)] = True
-    return embeddings[index.to(embeddings.device)], mask.to(embeddings.device)

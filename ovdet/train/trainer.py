@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def run_training(
     preemption the weights are checkpointed but not exported (the run is not finished).
     """
     from ovdet.data.loader import TrainLoader
-    from ovdet.models.factory import create_detector, resolve_model_spec
+    from ovdet.models.factory import create_detector
     from ovdet.train.engine import build_engine, export_weights
     from ovdet.train.loop import TrainingLoop
     from ovdet.train.task import DetectionTask
@@ -55,8 +56,13 @@ def run_training(
     seed_everything(train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = TrainPaths(out_dir)
-    spec = resolve_model_spec(model_cfg)
-    task = DetectionTask(create_detector(model_cfg), loss_cfg)
+    # the detector's input size is the loader's canvas (a ViT's position embeddings are resampled
+    # to it: ovdet.models.posembed, OWL's interpolated); a transformers detector also sets the
+    # canvas's resize rule to its processor's
+    detector = create_detector(model_cfg, input_size=loader_cfg.image_size)
+    loader_cfg = replace(loader_cfg, resize=getattr(detector, "resize", loader_cfg.resize))
+    spec = detector.spec
+    task = DetectionTask(detector, loss_cfg)
     engine = build_engine(task, train, model_cfg, loader_cfg)
     loader = TrainLoader(shard_dirs, loader_cfg, dist.rank(), dist.world_size())
     state = TrainState()
