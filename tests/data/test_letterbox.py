@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ovdet.data.letterbox import boxes_from_letterbox, boxes_to_letterbox, letterbox
+from ovdet.data.letterbox import boxes_from_letterbox, boxes_to_letterbox, letterbox, stretch
 
 
 def test_letterbox_pastes_the_resized_image_top_left_on_a_black_square():
@@ -44,3 +44,18 @@ def test_boxes_from_letterbox_clips_to_the_original_image():
     in_padding = torch.tensor([[50 / 64, 10 / 64, 40 / 64, 8 / 64]])  # xyxy [30, 6, 70, 14] in the input
     clipped = boxes_from_letterbox(in_padding, 1.0, 64, width=40, height=64)
     assert clipped.tolist() == [[30.0, 6.0, 40.0, 14.0]]
+
+
+def test_stretch_resizes_each_side_and_maps_boxes_per_axis():
+    # OWL-ViT's geometry: a 64x32 image stretched onto a 32 square (scale_factor 1), x by 0.5, y by 1.
+    image = Image.new("RGB", (64, 32), (200, 100, 50))
+    pixels, scale = stretch(image, 32)
+    assert pixels.shape == (32, 32, 3) and (pixels == (200, 100, 50)).all()
+    assert scale.tolist() == [0.5, 1.0, 0.5, 1.0]
+    box = np.array([[10.0, 6.0, 30.0, 20.0]], dtype=np.float32)  # -> [5, 6, 15, 20] in the input
+    assert boxes_to_letterbox(box, scale, 32).tolist() == [[10 / 32, 13 / 32, 10 / 32, 14 / 32]]
+    assert boxes_to_letterbox(box, scale, 32, flip_width=32.0).tolist() == [[22 / 32, 13 / 32, 10 / 32, 14 / 32]]
+    # scale jitter shrinks both sides onto the top-left of the black canvas
+    small, small_scale = stretch(image, 32, scale_factor=0.5)
+    assert (small[:16, :16] == (200, 100, 50)).all() and (small[16:] == 0).all() and (small[:, 16:] == 0).all()
+    assert small_scale.tolist() == [0.25, 0.5, 0.25, 0.5]

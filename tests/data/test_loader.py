@@ -441,8 +441,9 @@ def test_letterboxed_boxes_map_back_to_the_original_boxes(flip):
     )  # pixels moved alike
 
 
+@pytest.mark.parametrize("resize", ["letterbox", "stretch"])
 @pytest.mark.parametrize("seed", range(4))
-def test_boxes_follow_the_pixels_under_scale_jitter_and_flip(seed):
+def test_boxes_follow_the_pixels_under_scale_jitter_and_flip(seed, resize):
     box, size = [8, 4, 40, 28], 64
     record = one_box_record(48, 36, box)
     sample = sample_of(
@@ -453,6 +454,7 @@ def test_boxes_follow_the_pixels_under_scale_jitter_and_flip(seed):
         image_size=size,
         min_scale=0.5,
         hflip_probability=0.5,
+        resize=resize,
     )
     in_input = input_boxes_xyxy(sample, size)[0]
     np.testing.assert_allclose(bright_region_xyxy(sample["image"]), in_input, atol=1.5)
