@@ -16,9 +16,12 @@ from pathlib import Path
 from ovdet.config import Config, is_data_config, load_config, to_yaml
 from ovdet.errors import OvdetError
 from ovdet.resources import config_file
-from ovdet.runs import RunPaths, TrainPaths
+from ovdet.runs import MODEL_SPEC, MODEL_WEIGHTS, RunPaths, TrainPaths
 
 log = logging.getLogger("ovdet")
+
+MODEL_HELP = ("model folder, training folder, Hub repo id, or hf:FOLDER (any transformers "
+              "OWL-ViT/OWLv2/Grounding DINO folder; hf:ORG/NAME for a Hub one)")
 
 
 def setup_logging(log_file: Path | None = None, verbose: bool = False) -> None:
@@ -148,7 +151,8 @@ def cmd_eval(args) -> int:
     if maybe_print_config(args, cfg):
         return 0
     run = RunPaths(cfg.run_dir)
-    evaluate_model(args.model or str(run.final_model), cfg.eval, Path(args.out or run.eval))
+    model = checked_model_argument(args.model) if args.model else str(run.final_model)
+    evaluate_model(model, cfg.eval, Path(args.out or run.eval))
     return 0
 
 
@@ -157,8 +161,25 @@ def cmd_detect(args) -> int:
 
     vocabulary = [v.strip() for v in args.vocab.split(",") if v.strip()]
     templates = args.templates.split("|") if args.templates else None
-    run_detect(args.model, vocabulary, args.images, Path(args.out), templates, args.threshold, args.top_k, args.nms, args.batch_size)
+    run_detect(checked_model_argument(args.model), vocabulary, args.images, Path(args.out), templates, args.threshold,
+               args.top_k, args.nms, args.batch_size)  # fmt: skip
     return 0
+
+
+def checked_model_argument(model: str) -> str:
+    """``--model`` as given, for ``Detector.from_pretrained``; a ``save_pretrained`` folder passed
+    without ``hf:`` gets the hint (``ovdet.models.hf.common.read_hf_config`` checks ``hf:`` names)."""
+    from ovdet.models.hf.common import HF_PREFIX, is_hf_name
+
+    if not is_hf_name(model) and is_transformers_folder(Path(model)):
+        raise OvdetError(f"--model {model}: a transformers folder, not an ovdet model folder; "
+                         f"pass --model {HF_PREFIX}{model}")
+    return model
+
+
+def is_transformers_folder(folder: Path) -> bool:
+    """A ``save_pretrained`` folder without ovdet's spec (an ovdet model folder of an ``hf:`` detector has one)."""
+    return all((folder / name).is_file() for name in ("config.json", MODEL_WEIGHTS)) and not (folder / MODEL_SPEC).is_file()
 
 
 def cmd_demo(args) -> int:
@@ -213,14 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model or precomputed detections (AP base/novel/HM)", description=(
         "Either --gt GT.json --detections DETS.json --vocab VOCAB --out DIR (COCO results format), or a model "
-        "(--model, default RUN_DIR/train/final) evaluated on eval.gt with eval.vocab."))
+        "(--model, default RUN_DIR/train/final; hf:FOLDER for any transformers OWL/Grounding DINO folder) evaluated on "
+        "eval.gt with eval.vocab."))
     add_config_arguments(p, default=None)
     p.add_argument("--gt", default=None, help="COCO ground-truth JSON")
     p.add_argument("--detections", default=None, help="detections in the COCO results format")
     p.add_argument("--vocab", default=None, help="vocabulary YAML, text file, 'ov-coco', 'lvis' or 'a,b,c'")
     p.add_argument("--novel", default=None, help="comma-separated novel names for ad-hoc vocabularies")
     p.add_argument("--image-root", default=None, help="images of the GT (for inference and the report grid)")
-    p.add_argument("--model", default=None, help="model folder or Hub repo id")
+    p.add_argument("--model", default=None, help=f"{MODEL_HELP} (default RUN_DIR/train/final)")
     p.add_argument("--out", default=None, help="output folder for metrics.json and report.md")
     p.add_argument("--engine", default="faster", choices=["faster", "pycocotools"],
                    help="COCOeval engine for precomputed detections (identical numbers; faster is faster)")
@@ -238,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("detect", help="zero-shot detection with a custom vocabulary", description=(
         "Detect the given names in images or folders; writes one JSON per image and a drawn copy."))
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--model", required=True, help="model folder, training folder or Hub repo id")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--vocab", required=True, help='comma-separated names, e.g. "cat,dog,red car"')
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--threshold", type=float, default=0.2, help="minimum score (default 0.2)")
@@ -249,8 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("publish", help="export a checkpoint as a Hub folder and upload it", description=(
-        "Export model.safetensors, config, tokenizer, vocab, metrics and a model card; upload with huggingface_hub."))
-    p.add_argument("--checkpoint", required=True, help="model folder, training folder or run folder")
+        "Export model.safetensors, config, tokenizer, vocab, metrics and a model card; upload with huggingface_hub. "
+        "A model trained from hf:FOLDER is exported as a transformers folder (AutoModelForZeroShotObjectDetection "
+        "and AutoProcessor load it) with ovdet's card and metadata files."))
+    p.add_argument("--checkpoint", required=True, help="model folder, training folder or run folder (of an ovdet run)")
     p.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
     p.add_argument("--out", default=None, help="export folder")
     p.add_argument("--private", action="store_true", help="create the repo private")

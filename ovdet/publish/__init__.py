@@ -6,7 +6,10 @@
 The exported folder (``docs/publishing.md``) holds ``model.safetensors``, ``config.json`` (the model spec
 with the text tower's config and tokenizer copied into ``tokenizer/``), ``model_spec.json`` (the same
 spec, read by ``Detector.from_pretrained``), ``vocab.yaml``, ``metrics.json``, ``training_config.yaml``,
-``data_summary.json`` and a model card ``README.md``. Only safetensors, JSON and YAML are read: nothing
+``data_summary.json`` and a model card ``README.md``. A ``transformers`` detector (trained from
+``hf:FOLDER``) is exported as its ``save_pretrained`` folder instead (``config.json``, ``model.safetensors``,
+the processor files: ``AutoModelForZeroShotObjectDetection`` and ``AutoProcessor`` load it without ovdet),
+with the same ``model_spec.json``, metadata files and card. Only safetensors, JSON and YAML are read: nothing
 is unpickled. The token (``HF_TOKEN`` or the stored login) is only handed to ``HfApi``; it is scrubbed
 from every error message and never written to the folder.
 

@@ -26,20 +26,28 @@ PROTOCOL_TEXT = {  # metrics.json "protocol" -> how the card names it (docs/eval
 
 
 def build_model_card(export: Export, spec: dict[str, Any], repo_id: str, license: str) -> ModelCard:
-    """A ``ModelCard`` whose metadata carries the model-index (AP and AP50, base/novel/all/HM, in %)."""
+    """A ``ModelCard`` whose metadata carries the model-index (AP and AP50, base/novel/all/HM, in %).
+
+    A ``transformers`` detector (spec kind ``hf``) is a ``transformers`` model on the Hub: its card
+    names that library (the Hub's "use this model" snippet and pipeline widget follow it)."""
     from huggingface_hub import ModelCard, ModelCardData
 
+    is_transformers = is_transformers_spec(spec)
     card_data = ModelCardData(
         license=license,
-        library_name="ovdet",
+        library_name="transformers" if is_transformers else "ovdet",
         pipeline_tag="zero-shot-object-detection",
-        tags=list(CARD_TAGS),
+        tags=[*CARD_TAGS, spec["model_type"]] if is_transformers else list(CARD_TAGS),
         datasets=list((export.data_summary or {}).get("sources") or []) or None,
         model_name=repo_name(repo_id),
         eval_results=eval_results(export) or None,
     )
     template = files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     return ModelCard.from_template(card_data, template_str=template, **card_fields(export, spec, repo_id))
+
+
+def is_transformers_spec(spec: dict[str, Any]) -> bool:
+    return spec.get("kind") == "hf"
 
 
 def repo_name(repo_id: str) -> str:
@@ -72,6 +80,7 @@ def as_percent(value: float) -> float:
 def card_fields(export: Export, spec: dict[str, Any], repo_id: str) -> dict[str, Any]:
     """The template's variables."""
     vision_cfg = (spec.get("arch") or {}).get("vision_cfg") or {}
+    is_transformers = is_transformers_spec(spec)
     vocab = export.vocab
     metrics_table = None
     if export.metrics is not None:  # two decimals: the same numbers as the model-index
@@ -80,7 +89,8 @@ def card_fields(export: Export, spec: dict[str, Any], repo_id: str) -> dict[str,
         "title": repo_name(repo_id),
         "repo_id": repo_id,
         "step": export.step,
-        "architecture": spec.get("name", "custom"),
+        "is_transformers": is_transformers,
+        "architecture": spec["architecture"] if is_transformers else spec.get("name", "custom"),
         "tower_kind": spec.get("kind", "custom"),
         "image_size": vision_cfg.get("image_size", "the model's"),
         "optional_files": optional_files(export),

@@ -1,9 +1,15 @@
 """Gather what a run published needs (spec, metrics, vocabulary, training config, data summary) and write
-the export folder: weights, portable spec, tokenizer files, metadata files and the model card."""
+the export folder: weights, portable spec, tokenizer files, metadata files and the model card.
+
+A ``transformers`` detector (spec kind ``hf``) is exported as the ``save_pretrained`` folder it was
+trained in (``config.json``, ``model.safetensors``, the processor files), so
+``AutoModelForZeroShotObjectDetection`` and ``AutoProcessor`` load it without ovdet; ovdet's spec,
+metadata files and card sit beside them."""
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +20,7 @@ import yaml
 from ovdet.data.shards import MANIFEST
 from ovdet.errors import OvdetError
 from ovdet.fileio import is_number, read_json, read_yaml, write_json_atomic, write_text_atomic
-from ovdet.publish.card import CARD_METRICS, SYNTHETIC_EVAL, build_model_card
+from ovdet.publish.card import CARD_METRICS, SYNTHETIC_EVAL, build_model_card, is_transformers_spec
 from ovdet.runs import MODEL_SPEC, MODEL_WEIGHTS, RunLocation, TrainPaths
 
 log = logging.getLogger(__name__)
@@ -29,6 +35,11 @@ TOKENIZER_DIR = "tokenizer"
 # The export folder's own files; a model folder holding them is re-published from them.
 METRICS_FILE, VOCAB_FILE = "metrics.json", "vocab.yaml"
 TRAINING_CONFIG_FILE, DATA_SUMMARY_FILE = "training_config.yaml", "data_summary.json"
+CARD_FILE = "README.md"
+OVDET_FILES = (MODEL_SPEC, METRICS_FILE, VOCAB_FILE, TRAINING_CONFIG_FILE, DATA_SUMMARY_FILE, CARD_FILE)
+TRANSFORMERS_FILES = ("config.json", MODEL_WEIGHTS)  # the processor's files vary by model: all others are copied
+# "/abs/path", "~/path", or with a scheme ("hf:/abs/path"): a path on the training machine; not a URL
+LOCAL_PATH = re.compile(r"^(?P<scheme>[a-z]+:)?(?P<path>(?:/(?!/)|~).*)$")
 METRIC_SPLITS = ("base", "novel", "all", "hm")
 
 
@@ -169,19 +180,60 @@ def write_export_folder(run: RunLocation, export: Export, folder: Path, repo_id:
 
 
 def write_folder_contents(run: RunLocation, export: Export, folder: Path, repo_id: str, license: str) -> None:
-    shutil.copyfile(run.model_dir / MODEL_WEIGHTS, folder / MODEL_WEIGHTS)
-    spec = portable_spec(export.spec, run.model_dir, folder)
-    write_json(folder / "config.json", spec)
+    if is_transformers_spec(export.spec):
+        spec = write_transformers_files(run.model_dir, folder, export.spec, repo_id)
+    else:
+        spec = write_native_files(run.model_dir, folder, export.spec)
     write_json(folder / MODEL_SPEC, {"spec": spec, "step": export.step})
+    write_metadata_files(export, folder, repo_id)
+    build_model_card(export, spec, repo_id, license).save(folder / CARD_FILE)
+
+
+def write_native_files(model_dir: Path, folder: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """The weights, the portable spec as ``config.json`` and the text tower's files; returns the spec."""
+    shutil.copyfile(model_dir / MODEL_WEIGHTS, folder / MODEL_WEIGHTS)
+    spec = portable_spec(spec, model_dir, folder)
+    write_json(folder / "config.json", spec)
+    return spec
+
+
+def write_transformers_files(model_dir: Path, folder: Path, spec: dict[str, Any], repo_id: str) -> dict[str, Any]:
+    """Copy the ``save_pretrained`` files of ``model_dir`` (every file but ovdet's own, which the export
+    rewrites); returns the spec, whose ``source`` is the folder itself (``Detector.from_pretrained``
+    loads from the folder it reads) and whose name is the repo's ``hf:`` name."""
+    missing = [name for name in TRANSFORMERS_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise OvdetError(f"{model_dir}: a transformers detector's model folder without {', '.join(missing)} "
+                         "(training writes it as a save_pretrained folder)")
+    for path in sorted(model_dir.iterdir()):
+        if path.is_file() and path.name not in OVDET_FILES and not path.name.startswith("."):
+            shutil.copyfile(path, folder / path.name)
+    return without_local_paths({**spec, "name": f"hf:{repo_id}", "source": "."})
+
+
+def write_metadata_files(export: Export, folder: Path, repo_id: str) -> None:
     if export.vocab is not None:
         export.vocab.to_yaml(folder / VOCAB_FILE)
     if export.metrics is not None:
-        write_json(folder / METRICS_FILE, {**export.metrics, "model": repo_id})  # not a local path
+        write_json(folder / METRICS_FILE, without_local_paths({**export.metrics, "model": repo_id}))
     if export.training_config is not None:
-        write_text_atomic(folder / TRAINING_CONFIG_FILE, yaml.safe_dump(export.training_config, sort_keys=False))
+        text = yaml.safe_dump(without_local_paths(export.training_config), sort_keys=False)
+        write_text_atomic(folder / TRAINING_CONFIG_FILE, text)
     if export.data_summary is not None:
         write_json(folder / DATA_SUMMARY_FILE, export.data_summary)
-    build_model_card(export, spec, repo_id, license).save(folder / "README.md")
+
+
+def without_local_paths(value: Any) -> Any:
+    """``value`` (JSON-like) with each absolute path of the training machine cut to its last component
+    (``hf:/home/me/owlv2`` -> ``hf:owlv2``): elsewhere it names nothing, and it can name the machine's users."""
+    if isinstance(value, dict):
+        return {key: without_local_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_local_paths(item) for item in value]
+    match = LOCAL_PATH.match(value) if isinstance(value, str) else None
+    if match is None:
+        return value
+    return f"{match['scheme'] or ''}{Path(match['path'].rstrip('/')).name}"
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -94,7 +94,7 @@ def export_weights(engine, out_dir: Path, spec: dict[str, Any], extra: dict[str,
     if dist.is_main():
         tensors = {k: v.detach().float().contiguous().clone() for k, v in state.items()}
         if spec["kind"] == "hf":  # a transformers detector's folder is also a save_pretrained folder
-            write_hf_folder(out_dir, spec, tensors, engine.module.detector.processor)
+            write_hf_folder(out_dir, spec, tensors, engine.module.detector)
         else:
             save_file(tensors, str(out_dir / "model.safetensors"))
         write_json_atomic(out_dir / "model_spec.json", {"spec": spec, **extra}, sort_keys=False)

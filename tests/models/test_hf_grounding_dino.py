@@ -239,3 +239,24 @@ def test_factory_builds_both_kinds_and_rebuilds_from_the_spec(folders, pil_image
         actual = rebuilt.predict_processed(inputs, NAMES)
     assert torch.equal(expected.pred_logits, actual.pred_logits)
     assert torch.equal(expected.pred_boxes, actual.pred_boxes)
+
+
+def test_export_writes_a_folder_whose_processor_resizes_like_the_training_canvas(folders, pil_images, tmp_path):
+    """Training letterboxes the longer side to the canvas; the exported processor does the same, and
+    the exported folder gives the detector's outputs in transformers alone."""
+    from ovdet.models.factory import create_detector
+    from ovdet.models.hf.common import write_hf_folder
+
+    detector = create_detector(hf_spec("hf:" + str(folders["grounding-dino"])), input_size=48).eval()
+    write_hf_folder(tmp_path, detector.spec, {k: v.detach().clone() for k, v in detector.state_dict().items()},
+                    detector)  # fmt: skip
+    module, processor = load_transformers(tmp_path)
+    inputs = processor(images=pil_images[:1], return_tensors="pt")
+    assert max(inputs["pixel_values"].shape[-2:]) == 48
+    exported = load_detector(tmp_path)
+    names = ["cat", "red car"]
+    with torch.no_grad():
+        ours = detector.predict_processed(dict(inputs), names)
+        theirs = exported.predict_processed(dict(inputs), names)
+    torch.testing.assert_close(ours.pred_logits, theirs.pred_logits)
+    torch.testing.assert_close(ours.pred_boxes, theirs.pred_boxes)

@@ -147,3 +147,23 @@ def test_trainable_towers_and_the_training_forward(folders, kind):
     assert all(p.grad is not None for _, p in groups["image"] + groups["heads"])
     state = detector.state_dict()
     assert state and all(key.startswith("hf.") for key in state)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_model_trained_at_another_size_exports_a_folder_that_runs_natively_at_it(folders, kind, tmp_path):
+    """OWL at 96 px interpolates its 64 px position embeddings in every forward; the exported
+    folder has them baked in, so transformers alone (no interpolate flag) gives ovdet's outputs."""
+    from ovdet.models.hf.common import write_hf_folder
+
+    detector = create_detector(hf_spec("hf:" + str(folders[kind])), input_size=96).eval()
+    tensors = {k: v.detach().clone() for k, v in detector.state_dict().items()}
+    write_hf_folder(tmp_path, detector.spec, tensors, detector)
+    module, processor = reference(tmp_path)
+    assert module.config.vision_config.image_size == 96
+    inputs = processor(images=images(), text=[NAMES, NAMES], return_tensors="pt")
+    assert inputs["pixel_values"].shape[-2:] == (96, 96)
+    with torch.no_grad():
+        expected = module(**inputs)
+        output = detector.predict_processed({"pixel_values": inputs["pixel_values"]}, detector.encode_texts(NAMES))
+    torch.testing.assert_close(output.pred_logits, expected.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(output.pred_boxes, expected.pred_boxes, atol=1e-6, rtol=0)

@@ -40,13 +40,25 @@ def is_hf_name(name: str) -> bool:
 
 
 def read_hf_config(source: str):
-    """The ``transformers`` config of a folder (or a Hub id where the network allows), checked."""
+    """The ``transformers`` config of a folder (or a Hub id ``ORG/NAME`` where the network allows),
+    checked; every failure is one line naming the model."""
     from transformers import AutoConfig
 
+    name = f"model '{HF_PREFIX}{source}'"
+    folder = Path(source).expanduser()
+    if not source:
+        raise OvdetError(f"{name}: name a save_pretrained folder (or a Hub repo id ORG/NAME) after '{HF_PREFIX}'")
+    if folder.is_file():
+        raise OvdetError(f"{name}: {source} is a file; give the folder save_pretrained wrote")
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise OvdetError(f"{name}: {source} has no config.json (not a save_pretrained folder)")
+    if not folder.exists() and (source.count("/") != 1 or source.startswith((".", "/", "~"))):
+        raise OvdetError(f"{name}: no such folder {source} (and not a Hub repo id ORG/NAME)")
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
-        raise OvdetError(f"model 'hf:{source}': cannot read its transformers config: {exc}") from None
+        reason = " ".join(str(exc).split())
+        raise OvdetError(f"{name}: cannot read its transformers config: {reason}") from None
     if config.model_type not in ARCHITECTURES:
         raise OvdetError(f"model 'hf:{source}': model_type '{config.model_type}' is not a detector ovdet wraps "
                          f"({', '.join(ARCHITECTURES)})")
@@ -91,9 +103,10 @@ def build_hf_module(spec: dict[str, Any], load_weights: bool) -> nn.Module:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            return model_class.from_pretrained(spec["source"])
+            return model_class.from_pretrained(spec["source"], use_safetensors=True)  # nothing unpickled
         except OSError as exc:
-            raise OvdetError(f"model '{spec['name']}': cannot load its weights: {exc}") from None
+            reason = " ".join(str(exc).split())
+            raise OvdetError(f"model '{spec['name']}': cannot load its weights (model.safetensors): {reason}") from None
         finally:
             hf_logging.set_verbosity(previous)
             hf_logging.enable_progress_bar()
@@ -117,13 +130,14 @@ def create_hf_detector(spec: dict[str, Any], load_weights: bool = True, processo
     return GroundingDinoDetector(module, processor, spec)
 
 
-def write_hf_folder(out_dir: Path, spec: dict[str, Any], tensors: dict[str, torch.Tensor], processor) -> None:
+def write_hf_folder(out_dir: Path, spec: dict[str, Any], tensors: dict[str, torch.Tensor], detector) -> None:
     """Write ovdet's detector weights as a ``save_pretrained`` folder: ``config.json``,
-    ``model.safetensors`` with the ``transformers`` keys, and the processor's files."""
+    ``model.safetensors`` with the ``transformers`` keys, and the processor's files, all at the
+    input size ovdet trained at (``detector.export_at_input_size``)."""
     from safetensors.torch import save_file
     from transformers import AutoConfig
 
-    config_dict = dict(spec["hf_config"])
+    tensors, config_dict, processor = detector.export_at_input_size(tensors, dict(spec["hf_config"]))
     config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
     config.architectures = [spec["architecture"]]
     config.save_pretrained(out_dir)
@@ -199,6 +213,11 @@ class HFDetectorBase(nn.Module):
             if param.requires_grad:
                 groups[self.tower_of(name)].append((name, param))
         return groups
+
+    def export_at_input_size(self, tensors: dict[str, torch.Tensor], config_dict: dict[str, Any]):
+        """``(tensors, config dict, processor)`` of a folder that runs natively at ``image_size``
+        (the size ovdet trained at), so ``transformers`` alone reproduces ovdet's inference."""
+        return tensors, config_dict, self.processor
 
     def processor_inputs(self, images: list) -> dict[str, torch.Tensor]:
         """PIL images -> the processor's tensors (``pixel_values``, and ``pixel_mask`` where it has one)."""

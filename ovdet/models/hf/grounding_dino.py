@@ -16,6 +16,7 @@ the image pathway, so names cannot be encoded once and reused. ovdet therefore:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +112,14 @@ class GroundingDinoDetector(HFDetectorBase):
                     tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             else:
                 getattr(tower, "activation_checkpointing_disable", tower.gradient_checkpointing_disable)()
+
+    def export_at_input_size(self, tensors: dict[str, torch.Tensor], config_dict: dict[str, Any]):
+        """ovdet trains on its square canvas with the longer side at ``image_size``; the exported
+        processor resizes the same way (``shortest_edge`` = ``longest_edge`` = ``image_size``),
+        so ``transformers`` alone sees the images at the scale training did."""
+        processor = copy.deepcopy(self.processor)
+        processor.image_processor.size = {"shortest_edge": self.image_size, "longest_edge": self.image_size}
+        return tensors, config_dict, processor
 
     def pixel_scale(self, width: int, height: int) -> tuple[float, float]:
         """Pixels per normalized box unit for an original ``width`` x ``height`` image: the boxes of

@@ -10,6 +10,7 @@ own layers so the criterion also gets the logit's factors (similarity, shift, sc
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -134,8 +135,36 @@ class OwlDetector(HFDetectorBase):
         mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
         return self.forward_pixels(pixel_values, text, mask)
 
+    def export_at_input_size(self, tensors: dict[str, torch.Tensor], config_dict: dict[str, Any]):
+        """At an input size other than the checkpoint's, OWL's forward interpolates the position
+        embeddings (bicubic, ``interpolate_pos_encoding``); the export bakes that interpolation into
+        the weights and sets the config's and the processor's image size, so the folder runs at
+        ovdet's size in ``transformers`` with no flag (``pipeline`` passes none)."""
+        if self.image_size == self.native_size:
+            return tensors, config_dict, self.processor
+        key = ("hf.owlv2." if self.is_v2 else "hf.owlvit.") + "vision_model.embeddings.position_embedding.weight"
+        patch = config_dict["vision_config"]["patch_size"]
+        tensors = {**tensors, key: resample_position_embedding(tensors[key], self.image_size // patch)}
+        config_dict["vision_config"] = {**config_dict["vision_config"], "image_size": self.image_size}
+        processor = copy.deepcopy(self.processor)
+        size = {"height": self.image_size, "width": self.image_size}
+        processor.image_processor.size = size
+        if getattr(processor.image_processor, "crop_size", None) is not None:
+            processor.image_processor.crop_size = size
+        return tensors, config_dict, processor
+
     def pixel_scale(self, width: int, height: int) -> tuple[float, float]:
         """Pixels per normalized box unit: OWLv2 pads to a square (bottom/right) before resizing,
         OWL-ViT resizes each side to the input size."""
         side = max(width, height)
         return (side, side) if self.is_v2 else (width, height)
+
+
+def resample_position_embedding(weight: torch.Tensor, grid: int) -> torch.Tensor:
+    """``[1 + g*g, C]`` -> ``[1 + grid*grid, C]``: OWL's ``interpolate_pos_encoding`` (bicubic,
+    ``align_corners=False``, the class row kept), computed once on the weight."""
+    old = int(round((weight.shape[0] - 1) ** 0.5))
+    patches = weight[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
+    return torch.cat([weight[:1], patches.permute(0, 2, 3, 1).reshape(grid * grid, -1)])
+

@@ -71,6 +71,14 @@ def write_tiny_owl(folder: Path, kind: str = "owlv2", image_size: int = 64, patc
                    width: int = 32, layers: int = 2, seed: int = 0) -> Path:
     """A random-init OWL-ViT (``owlvit``) or OWLv2 (``owlv2``) with its processor, saved to ``folder``."""
     import torch
+
+    torch.manual_seed(seed)
+    return write_owl(folder, owl_config(kind, image_size, patch_size, width, layers, max_length=16))
+
+
+def write_owl(folder: Path, config) -> Path:
+    """A random-init OWL model of ``config`` with a CLIP-tokenizer processor at its image size, saved."""
+    import torch
     from transformers import (
         Owlv2ForObjectDetection,
         Owlv2ImageProcessor,
@@ -80,10 +88,9 @@ def write_tiny_owl(folder: Path, kind: str = "owlv2", image_size: int = 64, patc
         OwlViTProcessor,
     )
 
-    max_length = 16
-    torch.manual_seed(seed)
-    config = owl_config(kind, image_size, patch_size, width, layers, max_length)
-    tokenizer = clip_tokenizer(folder / "scratch-tokenizer", max_length)
+    kind = config.model_type
+    tokenizer = clip_tokenizer(folder / "scratch-tokenizer", config.text_config.max_position_embeddings)
+    image_size = config.vision_config.image_size
     size = {"height": image_size, "width": image_size}
     if kind == "owlv2":
         model = Owlv2ForObjectDetection(config)

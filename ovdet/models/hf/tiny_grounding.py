@@ -59,19 +59,24 @@ def write_tiny_grounding_dino(folder: Path, kind: str = "grounding-dino", image_
     so ovdet's training canvas (``size["longest_edge"]``) is ``image_size`` too.
     """
     import torch
+
+    if kind not in ("grounding-dino", "mm-grounding-dino"):
+        raise OvdetError(f"tiny Grounding DINO kind '{kind}': expected grounding-dino or mm-grounding-dino")
+    torch.manual_seed(seed)
+    config = tiny_grounding_config(kind, image_size, **small)
+    return write_grounding_dino(folder, config, {"shortest_edge": image_size, "longest_edge": image_size})
+
+
+def write_grounding_dino(folder: Path, config, size: dict[str, int]) -> Path:
+    """A random-init model of ``config`` with a BERT-uncased processor resizing to ``size``, saved."""
     from transformers import GroundingDinoImageProcessor, GroundingDinoProcessor
     from transformers.utils import logging as hf_logging
 
     from ovdet.models.hf.common import hf_model_class
     from ovdet.models.hf.tiny import bert_tokenizer
 
-    if kind not in ("grounding-dino", "mm-grounding-dino"):
-        raise OvdetError(f"tiny Grounding DINO kind '{kind}': expected grounding-dino or mm-grounding-dino")
-    torch.manual_seed(seed)
-    config = tiny_grounding_config(kind, image_size, **small)
-    model = hf_model_class(kind)(config)
-    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": image_size, "longest_edge": image_size})
-    processor = GroundingDinoProcessor(image_processor, bert_tokenizer())
+    model = hf_model_class(config.model_type)(config)
+    processor = GroundingDinoProcessor(GroundingDinoImageProcessor(size=size), bert_tokenizer())
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     had_progress_bar = hf_logging.is_progress_bar_enabled()
