@@ -8,6 +8,7 @@ receives its own sub-config (``cfg.train``, ``cfg.model``, ...), never the whole
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -320,7 +321,9 @@ def convert_scalar(hint: Any, value: Any, source: str, key: str) -> Any:
         if not isinstance(value, bool):
             raise type_error(source, key, "true or false", value)
         return value
-    if hint is float:
+    if hint is float:  # YAML 1.1 reads 1e-5 (no dot) as a string: a number in exponent form is one
+        if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise type_error(source, key, "a number", value)
         return float(value)

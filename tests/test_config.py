@@ -65,6 +65,14 @@ def test_bool_is_not_accepted_as_a_number(tmp_path):
         load_config(write(tmp_path, "train:\n  lr: true\n"))
 
 
+def test_exponent_numbers_without_a_dot_are_numbers_in_files_and_overrides(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e-5 as a string; for a float field it is the number users mean
+    cfg = load_config(write(tmp_path, "train:\n  lr: 1e-5\n"), ["loss.focal_alpha=2.5E-1"])
+    assert cfg.train.lr == 1e-5 and cfg.loss.focal_alpha == 0.25
+    with pytest.raises(OvdetError, match=r"train\.lr' must be a number, got '1e-5x'"):
+        load_config(write(tmp_path, "train:\n  lr: 1e-5x\n"))
+
+
 def test_literal_fields_reject_other_values(tmp_path):
     with pytest.raises(OvdetError, match=r"loss\.classification' must be one of \['focal', 'bce'\]"):
         load_config(write(tmp_path, "loss:\n  classification: softmax\n"))
