@@ -67,13 +67,13 @@ def saved_bytes(fn) -> int:
     return sum(storages.values())
 
 
-def measure(kind: str, texts_per_image: int) -> dict:
+def measure(kind: str, texts_per_image: int, canvas: int | None = None) -> dict:
     from ovdet.models.factory import create_detector
     from ovdet.models.hf.common import hf_spec
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = write_real_size_model(kind, Path(scratch) / kind)
-        canvas = REAL[kind][2]
+        canvas = canvas or REAL[kind][2]
         detector = create_detector(hf_spec("hf:" + str(folder)), load_weights=True, input_size=canvas)
     detector.set_trainable(train_text=False, train_image=True)
     detector.train()
@@ -106,9 +106,10 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--texts", type=int, default=20, help="names per image (Grounding DINO: one prompt)")
+    parser.add_argument("--canvas", type=int, default=None, help="measure at this canvas side instead of the native one")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    rows = [measure(kind, args.texts) for kind in args.models]
+    rows = [measure(kind, args.texts, args.canvas) for kind in args.models]
     print(f"| checkpoint | canvas | params (M) | trainable (M) | activations / image, bf16 (GiB) | "
           f"with grad. checkpointing | per GPU, {args.gpus} GPUs x {args.batch} images (GiB) | with checkpointing |")
     print("|---|---|---|---|---|---|---|---|")

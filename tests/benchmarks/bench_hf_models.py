@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from transformers.utils import logging as hf_logging
 
 from ovdet.config import LossConfig, ModelConfig
 from ovdet.infer import Detector
@@ -91,6 +92,7 @@ def ovdet_step(detector, batch) -> callable:
 def plain_module(detector, folder: str):
     """The same weights as a bare ``transformers`` module, trainable exactly where ovdet's is
     (0-dim parameters, buffers in ovdet, are in no detection loss: frozen)."""
+    hf_logging.disable_progress_bar()  # building an ovdet detector enables it again
     module = hf_model_class(detector.spec["model_type"]).from_pretrained(folder).train()
     trainable = {name.removeprefix("hf."): p.requires_grad for name, p in detector.named_parameters()}
     for name, param in module.named_parameters():
@@ -145,8 +147,9 @@ def plain_grounding_step(module, processor, batch) -> callable:
         pixel_values = normalized(images, processor.image_processor)
         out = module(pixel_values=pixel_values, pixel_mask=torch.ones_like(pixel_values[:, 0], dtype=torch.long),
                      **tokens)  # fmt: skip
-        ends = torch.tensor([np.cumsum([len(n) + 3 for n in names]) - 3 for names in texts])  # (b, t)
-        starts = ends - torch.tensor([[len(n) for n in names] for names in texts])
+        lengths = torch.tensor([[len(name) for name in names] for names in texts])  # (b, t)
+        ends = (lengths + len(" . ")).cumsum(1) - len(" . ")  # each name's [start, end) in its prompt
+        starts = ends - lengths
         is_member = ((offsets[:, None, :, 0] >= starts[..., None]) & (offsets[:, None, :, 1] <= ends[..., None])
                      & (offsets[:, None, :, 1] > offsets[:, None, :, 0]))  # (b, t, l)  # fmt: skip
         token_logits = out.logits[:, :, None, : offsets.shape[1]]  # (b, q, 1, l)
@@ -217,13 +220,15 @@ HEADER = ("| backend | px | params | trainable | train step ms | detect img/s | 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps per measurement (default 7)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per measurement (default 15)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     parser.add_argument("--quick", action="store_true", help="3 repeats, tiny models at 64 px only")
     args = parser.parse_args()
-    args.repeats = args.repeats or (3 if args.quick else 7)
+    args.repeats = args.repeats or (3 if args.quick else 15)
     torch.set_num_threads(2)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     rows = []

@@ -99,7 +99,7 @@ def build_hf_module(spec: dict[str, Any], load_weights: bool) -> nn.Module:
 
     model_class = hf_model_class(spec["model_type"])
     if load_weights:
-        previous = hf_logging.get_verbosity()
+        previous, had_progress_bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
@@ -109,7 +109,8 @@ def build_hf_module(spec: dict[str, Any], load_weights: bool) -> nn.Module:
             raise OvdetError(f"model '{spec['name']}': cannot load its weights (model.safetensors): {reason}") from None
         finally:
             hf_logging.set_verbosity(previous)
-            hf_logging.enable_progress_bar()
+            if had_progress_bar:
+                hf_logging.enable_progress_bar()
     config_dict = dict(spec["hf_config"])
     config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
     return model_class(config)

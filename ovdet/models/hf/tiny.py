@@ -73,7 +73,7 @@ def write_tiny_owl(folder: Path, kind: str = "owlv2", image_size: int = 64, patc
     import torch
 
     torch.manual_seed(seed)
-    return write_owl(folder, owl_config(kind, image_size, patch_size, width, layers, max_length=16))
+    return write_owl(Path(folder), owl_config(kind, image_size, patch_size, width, layers, max_length=16))
 
 
 def write_owl(folder: Path, config) -> Path:
