@@ -111,7 +111,7 @@ def find_vocabulary(run: RunLocation, vocab_path, training_config: dict | None, 
     eval_vocab = ((training_config or {}).get("eval") or {}).get("vocab")
     candidates = [
         vocab_path,
-        run.run.synth_vocab if run.run else None,
+        run.run.synth_vocab if run.run and run.run.synth_vocab.is_file() else None,  # a demo run's world
         eval_vocab if eval_vocab and (Path(eval_vocab).is_file() or eval_vocab == "ov-coco") else None,  # lvis needs GT
         run.model_dir / VOCAB_FILE if (run.model_dir / VOCAB_FILE).is_file() else None,
     ]

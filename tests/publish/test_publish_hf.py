@@ -317,3 +317,15 @@ def test_local_paths_are_cut_to_their_last_component():
     assert without_local_paths(config) == {
         "model": {"name": "hf:owlv2"}, "loader": {"shard_dirs": ["shards", "rel/shards"]}, "cache": "hf",
         "url": "https://huggingface.co/google/owlv2", "hub": "hf:google/owlv2", "steps": 4}
+
+
+def test_a_run_without_a_synthetic_world_takes_the_vocabulary_from_its_metrics(tmp_path):
+    """A run folder trained on the user's own shards has no ``synth/vocab.yaml``; publishing it with
+    ``--metrics`` (the README's three commands) takes the vocabulary from the metrics' categories."""
+    from ovdet.publish.export import find_vocabulary
+    from ovdet.runs import RunLocation, RunPaths
+
+    run = RunLocation(model_dir=tmp_path / "train" / "final", train_dir=tmp_path / "train", run=RunPaths(tmp_path))
+    metrics = {"per_category": {"cat": {"id": 1, "split": "base"}, "zebra": {"id": 2, "split": "novel"}}}
+    vocab = find_vocabulary(run, None, {"eval": {"vocab": "lvis"}}, metrics)
+    assert [(c.name, c.split) for c in vocab.categories] == [("cat", "base"), ("zebra", "novel")]
