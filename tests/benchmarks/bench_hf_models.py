@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_train_step import make_batch  # the sibling benchmark (its folder is on sys.path when run)
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
@@ -40,23 +41,6 @@ from ovdet.train.task import DetectionTask
 BACKENDS = ("default", "owlvit", "owlv2", "grounding-dino", "mm-grounding-dino")
 TINY_SIZES = (64, 128)  # the tiny models' native size, and a larger tiny scale
 NAMES = [f"colour{c} shape{s}" for c in range(8) for s in range(8)]
-
-
-def make_batch(batch_size: int, size: int, num_texts: int, rng) -> dict:
-    """bench_train_step's batch: per image ``num_texts`` names, 1-8 boxes labelled among them."""
-    texts, labels, boxes = [], [], []
-    for _ in range(batch_size):
-        n = int(rng.integers(1, 9))
-        texts.append([NAMES[i] for i in rng.integers(0, len(NAMES), size=num_texts)])
-        labels.append(torch.as_tensor(rng.integers(0, num_texts, size=n)))
-        centers, sides = rng.uniform(0.2, 0.8, size=(n, 2)), rng.uniform(0.1, 0.4, size=(n, 2))
-        boxes.append(torch.as_tensor(np.concatenate([centers, sides], 1), dtype=torch.float32))
-    return {
-        "images": torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8),
-        "texts": texts, "labels": labels, "boxes": boxes,
-        "image_labels": [torch.zeros(0, dtype=torch.long)] * batch_size,
-        "has_boxes": torch.ones(batch_size, dtype=torch.bool),
-    }  # fmt: skip
 
 
 def median_seconds(steps: dict[str, callable], repeats: int) -> dict[str, float]:
@@ -181,7 +165,7 @@ def measure(backend: str, size: int, folder: str | None, args, rng) -> dict:
     total, trainable = count_parameters(detector)
     row = {"backend": backend, "size": size, "total": total, "trainable": trainable, "chunks": "-",
            "ratio_texts": "-", "ours": None, "plain": None}  # fmt: skip
-    batch = make_batch(args.batch_size, size, 60, rng)
+    batch = make_batch(args.batch_size, size, rng, num_texts=60)
     if folder is not None and not detector.fuses_text:  # the ratio's batch is the demo's
         peer = plain_owl_step(plain_module(detector, folder), detector.processor, batch)
         row.update(median_seconds({"ours": ovdet_step(detector, batch), "plain": peer}, args.repeats))
@@ -191,7 +175,7 @@ def measure(backend: str, size: int, folder: str | None, args, rng) -> dict:
     if folder is not None and detector.fuses_text:
         row["chunks"] = len(detector.prompt_chunks(NAMES[:60]))
         fits = min(stop for names in batch["texts"] for _, stop in detector.split_into_chunks(names)[:1])
-        ratio_batch = make_batch(args.batch_size, size, fits, rng)
+        ratio_batch = make_batch(args.batch_size, size, rng, num_texts=fits)
         row["ratio_texts"] = fits
         peer = plain_grounding_step(plain_module(detector, folder), detector.processor, ratio_batch)
         pair = median_seconds({"ours": ovdet_step(detector, ratio_batch), "plain": peer}, args.repeats)

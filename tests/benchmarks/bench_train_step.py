@@ -17,13 +17,14 @@ from ovdet.models import create_detector
 from ovdet.train.task import DetectionTask
 
 
-def make_batch(batch_size: int, size: int, rng) -> dict:
+def make_batch(batch_size: int, size: int, rng, num_texts: int = 60) -> dict:
+    """Per image ``num_texts`` "colourC shapeS" names and 1-8 boxes labelled among them."""
     texts, labels, boxes = [], [], []
     for _ in range(batch_size):
         n = int(rng.integers(1, 9))
-        names = [f"colour{c} shape{s}" for c, s in rng.integers(0, 8, size=(60, 2))]
+        names = [f"colour{c} shape{s}" for c, s in rng.integers(0, 8, size=(num_texts, 2))]
         texts.append(names)
-        labels.append(torch.as_tensor(rng.integers(0, 60, size=n)))
+        labels.append(torch.as_tensor(rng.integers(0, num_texts, size=n)))
         centers = rng.uniform(0.2, 0.8, size=(n, 2))
         sides = rng.uniform(0.1, 0.4, size=(n, 2))
         boxes.append(torch.as_tensor(np.concatenate([centers, sides], 1), dtype=torch.float32))
