@@ -138,22 +138,28 @@ class Detector:
         return results
 
     def detect_batch(self, images: list[Image.Image], queries, score_threshold, top_k, nms_iou):
-        """``queries``: class embeddings ``[C, D]``, or the names for a model that reads them (Grounding DINO)."""
-        if self.spec.get("kind") == "hf":  # the model's own processor: pixels identical to transformers'
-            output = self.model.predict_processed(self.model.processor_inputs(images), queries)
-            box_scales = [self.model.pixel_scale(image.width, image.height) for image in images]
-        else:
-            arrays, scales = zip(*(letterbox(image, self.input_size) for image in images), strict=True)
-            pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-            text = queries[None].expand(len(images), -1, -1)
-            output = self.model(pixels, text, torch.ones(text.shape[:2], dtype=torch.bool))
-            box_scales = [(self.input_size / scale,) * 2 for scale in scales]
-        logits = output.pred_logits
+        """``queries``: class embeddings ``[C, D]``, or the names for a model that reads them (Grounding DINO).
+
+        Runs where the model is, under autocast to its parameters' dtype (a bf16 model validated
+        during training); scores and boxes come back in fp32 (bf16 boxes would be pixels off)."""
+        device = self.model.pixel_mean.device
+        dtype = next(self.model.parameters()).dtype
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            if self.spec.get("kind") == "hf":  # the model's own processor: pixels identical to transformers'
+                output = self.model.predict_processed(self.model.processor_inputs(images), queries)
+                box_scales = [self.model.pixel_scale(image.width, image.height) for image in images]
+            else:
+                arrays, scales = zip(*(letterbox(image, self.input_size) for image in images), strict=True)
+                pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device)
+                text = queries[None].expand(len(images), -1, -1)
+                output = self.model(pixels, text, torch.ones(text.shape[:2], dtype=torch.bool, device=device))
+                box_scales = [(self.input_size / scale,) * 2 for scale in scales]
+        logits, boxes = output.pred_logits.float(), output.pred_boxes.float()
         if output.objectness_logits is not None and self.spec.get("objectness"):
-            logits = logits + torch.nn.functional.logsigmoid(output.objectness_logits)[..., None]
+            logits = logits + torch.nn.functional.logsigmoid(output.objectness_logits.float())[..., None]
         return [
-            postprocess(logits[i], output.pred_boxes[i], box_scales[i], image.width, image.height, top_k,
-                        score_threshold, nms_iou)
+            postprocess(logits[i], boxes[i], box_scales[i], image.width, image.height, top_k, score_threshold,
+                        nms_iou)  # fmt: skip
             for i, image in enumerate(images)
         ]
 
