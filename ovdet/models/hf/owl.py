@@ -27,7 +27,7 @@ class OwlDetector(HFDetectorBase):
         super().__init__(module, processor, spec, native_size=module.config.vision_config.image_size)
         self.is_v2 = module.config.model_type == "owlv2"
         # the loader's canvas as the processor makes it: OWLv2 pads to a square (bottom/right; with
-        # 0.0 in transformers 5.x, 0.5 grey in 4.x) and resizes, OWL-ViT resizes each side
+        # 0.0 in transformers 5.24; scenic's OWL examples use grey 0.5) and resizes, OWL-ViT resizes each side
         self.resize = "letterbox" if self.is_v2 else "stretch"
         self.native_size = module.config.vision_config.image_size
         self.tokenizer = processor.tokenizer
