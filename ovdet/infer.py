@@ -17,11 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ovdet.data.letterbox import letterbox
+from ovdet.data.letterbox import boxes_to_pixels, letterbox
 from ovdet.data.prompts import class_prompts
 from ovdet.errors import OvdetError
 from ovdet.fileio import read_json
-from ovdet.ops.boxes import box_cxcywh_to_xyxy, clip_boxes_xyxy
 from ovdet.runs import MODEL_SPEC, MODEL_WEIGHTS, find_model_dir
 
 
@@ -54,8 +53,7 @@ def postprocess(
     k = min(top_k * 4, flat.numel())  # spare candidates for the area filter and NMS
     values, order = flat.topk(k)
     queries, classes = order // num_classes, order % num_classes
-    scale_xyxy = torch.tensor([box_scale[0], box_scale[1]] * 2, dtype=boxes_cxcywh.dtype, device=boxes_cxcywh.device)
-    boxes = clip_boxes_xyxy(box_cxcywh_to_xyxy(boxes_cxcywh[queries]) * scale_xyxy, width, height)
+    boxes = boxes_to_pixels(boxes_cxcywh[queries], box_scale, width, height)
     keep = torch.where(values >= score_threshold)[0]
     keep = keep[remove_small_boxes(boxes[keep], min_size=1.0)]  # a box in the padding is clipped to nothing
     boxes, values, classes = boxes[keep], values[keep], classes[keep]

@@ -1,10 +1,11 @@
 """The model input's geometry: an image letterboxed onto a square, and boxes mapped into it and back.
 
-``letterbox`` (``stretch`` for models whose processor does not keep the aspect ratio) resizes so the longer side is ``size * scale_factor`` and pastes the image at the
-top-left corner of a ``size`` square (zero padding right and below). ``scale`` maps original
+``letterbox`` resizes so the longer side is ``size * scale_factor`` and pastes the image at the
+top-left corner of a ``size`` square (zero padding right and below); ``stretch`` resizes both sides
+to it instead, for models whose processor does not keep the aspect ratio (OWL-ViT). ``scale`` maps original
 pixels to input pixels. Training (``ovdet.data.loader``) maps its boxes in with
 ``boxes_to_letterbox``; inference (``ovdet.infer``) maps the predictions out with
-``boxes_from_letterbox``.
+``boxes_to_pixels`` (``boxes_from_letterbox`` for the letterbox).
 """
 
 from __future__ import annotations
@@ -68,4 +69,12 @@ def boxes_from_letterbox(
 ) -> torch.Tensor:
     """[N, 4] normalized cxcywh of the input -> [N, 4] xyxy pixels of the ``width`` x ``height``
     original, clipped to it (a box reaching into the padding ends at the image's edge)."""
-    return clip_boxes_xyxy(box_cxcywh_to_xyxy(boxes) * size / scale, width, height)
+    return boxes_to_pixels(boxes, (size / scale, size / scale), width, height)
+
+
+def boxes_to_pixels(boxes: torch.Tensor, box_scale: tuple[float, float], width: int, height: int) -> torch.Tensor:
+    """[N, 4] normalized cxcywh -> [N, 4] xyxy pixels of the ``width`` x ``height`` original, clipped
+    to it; ``box_scale``: original pixels per normalized unit along x and y (``size / scale`` on
+    both for the letterbox; a ``transformers`` detector's ``pixel_scale`` for its processor's geometry)."""
+    scale_xyxy = torch.tensor([*box_scale, *box_scale], dtype=boxes.dtype, device=boxes.device)
+    return clip_boxes_xyxy(box_cxcywh_to_xyxy(boxes) * scale_xyxy, width, height)

@@ -159,21 +159,16 @@ def create_detector(
     from ovdet.models.detector import OpenVocabDetector
 
     spec = resolve_model_spec(cfg) if isinstance(cfg, ModelConfig) else dict(cfg)
-    if spec["kind"] == "hf":
-        if input_size:
-            spec["input_size"] = input_size
-        detector = create_hf_detector(spec, load_weights, processor_source=model_folder)
-        if isinstance(cfg, ModelConfig):
-            detector.set_trainable(train_text=not cfg.freeze_text, train_image=not cfg.freeze_image)
-            detector.set_grad_checkpointing(cfg.grad_checkpointing)
-        return detector
-    if spec.get("objectness"):  # ModelConfig refuses it too; this covers saved and hand-written specs
+    if spec["kind"] != "hf" and spec.get("objectness"):  # ModelConfig refuses it too; this covers saved specs
         raise OvdetError("model spec with objectness: true is not supported yet: no loss trains the "
                          "objectness head, and its untrained scores would be added to every detection's score")
     if input_size:
         spec["input_size"] = input_size
-    clip_model, tokenizer, mean, std = build_clip(spec, load_weights=load_weights)
-    detector = OpenVocabDetector(clip_model, tokenizer, spec, mean, std)
+    if spec["kind"] == "hf":
+        detector = create_hf_detector(spec, load_weights, processor_source=model_folder)
+    else:
+        clip_model, tokenizer, mean, std = build_clip(spec, load_weights=load_weights)
+        detector = OpenVocabDetector(clip_model, tokenizer, spec, mean, std)
     if isinstance(cfg, ModelConfig):
         detector.set_trainable(train_text=not cfg.freeze_text, train_image=not cfg.freeze_image)
         detector.set_grad_checkpointing(cfg.grad_checkpointing)

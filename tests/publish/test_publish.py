@@ -14,9 +14,9 @@ import httpx2
 import pytest
 import requests
 import yaml
+from drawn_images import write_drawn_images
 from huggingface_hub import HfApi, ModelCard, metadata_load
 from huggingface_hub.errors import HfHubHTTPError
-from PIL import Image, ImageDraw
 
 from ovdet.cli import main
 from ovdet.errors import OvdetError
@@ -86,15 +86,7 @@ def bare_model(run_dir, tmp_path) -> Path:
 
 @pytest.fixture
 def images(tmp_path) -> list[Path]:
-    paths = []
-    for i, (w, h) in enumerate([(96, 64), (50, 80)]):
-        image = Image.new("RGB", (w, h), (30 + 40 * i, 90, 160))
-        draw = ImageDraw.Draw(image)
-        draw.ellipse([5, 5, w // 2, h // 2], fill=(220, 30, 30))
-        draw.rectangle([w // 2, h // 3, w - 4, h - 4], fill=(20, 40, 230))
-        paths.append(tmp_path / f"image{i}.png")
-        image.save(paths[-1])
-    return paths
+    return write_drawn_images(tmp_path)
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from drawn_images import write_drawn_images
 from huggingface_hub import ModelCard, metadata_load
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ovdet.cli import main
 from ovdet.infer import Detector
@@ -156,15 +157,7 @@ def sharpen_heads(weights: Path) -> None:
 @pytest.fixture(scope="module")
 def images(world, tmp_path_factory) -> list[Path]:
     """Two drawn images that are not square (OWLv2 pads, OWL-ViT stretches) and a synthetic eval image."""
-    folder = tmp_path_factory.mktemp("hf-images")
-    paths = []
-    for i, (w, h) in enumerate([(96, 64), (50, 80)]):
-        image = Image.new("RGB", (w, h), (30 + 40 * i, 90, 160))
-        draw = ImageDraw.Draw(image)
-        draw.ellipse([5, 5, w // 2, h // 2], fill=(220, 30, 30))
-        draw.rectangle([w // 2, h // 3, w - 4, h - 4], fill=(20, 40, 230))
-        paths.append(folder / f"image{i}.png")
-        image.save(paths[-1])
+    paths = write_drawn_images(tmp_path_factory.mktemp("hf-images"))
     return [*paths, sorted((world.synth / "images" / "eval").iterdir())[0]]
 
 

@@ -94,7 +94,6 @@ def hf_spec(name: str, input_size: int | None = None) -> dict[str, Any]:
 def build_hf_module(spec: dict[str, Any], load_weights: bool) -> nn.Module:
     """The ``transformers`` module: pretrained weights from ``spec['source']``, or random init
     from the config the spec carries (the caller then loads a checkpoint)."""
-    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     model_class = hf_model_class(spec["model_type"])
@@ -111,9 +110,15 @@ def build_hf_module(spec: dict[str, Any], load_weights: bool) -> nn.Module:
             hf_logging.set_verbosity(previous)
             if had_progress_bar:
                 hf_logging.enable_progress_bar()
-    config_dict = dict(spec["hf_config"])
-    config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
-    return model_class(config)
+    return model_class(config_from_dict(spec["hf_config"]))
+
+
+def config_from_dict(config_dict: dict[str, Any]):
+    """The ``transformers`` config a spec's ``hf_config`` (``config.to_dict()``) describes."""
+    from transformers import AutoConfig
+
+    config_dict = dict(config_dict)
+    return AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
 
 
 def create_hf_detector(spec: dict[str, Any], load_weights: bool = True, processor_source: str | Path | None = None):
@@ -136,10 +141,9 @@ def write_hf_folder(out_dir: Path, spec: dict[str, Any], tensors: dict[str, torc
     ``model.safetensors`` with the ``transformers`` keys, and the processor's files, all at the
     input size ovdet trained at (``detector.export_at_input_size``)."""
     from safetensors.torch import save_file
-    from transformers import AutoConfig
 
     tensors, config_dict, processor = detector.export_at_input_size(tensors, dict(spec["hf_config"]))
-    config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+    config = config_from_dict(config_dict)
     config.architectures = [spec["architecture"]]
     config.save_pretrained(out_dir)
     # clones: transformers ties some weights (Grounding DINO's box heads), safetensors refuses shared memory
