@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench recipes lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	@set -e; for script in tests/benchmarks/bench_*.py; do \
 		echo "== $$script"; $(BIN)/python $$script; done
+
+recipes: $(STAMP)  # docs/recipes.md: the training-recipe ablation (hours on a 2-core CPU)
+	$(BIN)/python scripts/recipes.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -162,7 +162,7 @@ def cmd_detect(args) -> int:
     vocabulary = [v.strip() for v in args.vocab.split(",") if v.strip()]
     templates = args.templates.split("|") if args.templates else None
     run_detect(checked_model_argument(args.model), vocabulary, args.images, Path(args.out), templates, args.threshold,
-               args.top_k, args.nms, args.batch_size)  # fmt: skip
+               args.top_k, args.nms_iou, args.batch_size, args.nms)  # fmt: skip
     return 0
 
 
@@ -265,7 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--threshold", type=float, default=0.2, help="minimum score (default 0.2)")
     p.add_argument("--top-k", type=int, default=50, help="detections per image at most (default 50)")
-    p.add_argument("--nms", type=float, default=0.5, help="class-wise NMS IoU, 0 disables (default 0.5)")
+    p.add_argument("--nms", default="auto", help=(
+        "auto (none after Hungarian training, class-wise after one-to-many assigners), none, class, agnostic, "
+        "soft-linear, soft-gaussian, diou, matrix, weighted (docs/losses.md)"))
+    p.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
     p.add_argument("--templates", default=None, help='prompt templates separated by |, e.g. "a photo of a {}.|{}"')
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.set_defaults(func=cmd_detect)

@@ -23,6 +23,8 @@ from ovdet.losses.registry import default_weights, weight_names
 
 # Keys that no longer exist, with why: loading a config that sets one says so instead of "unknown key".
 REMOVED_KEYS = {
+    "model.objectness": "use model.quality=objectness (trained by loss_quality, docs/losses.md)",
+    "loss.weights.loss_bbox": "renamed loss.weights.loss_l1",
     "loss.contrastive_temperature": "it never had an effect: loss_contrastive is a softmax over the "
     "head's logits, which carry a learned scale, not over cosine similarities",
 }
@@ -96,8 +98,33 @@ class LoaderConfig:
     # the image's not-exhaustive categories
     federated_negatives: Literal["verified", "pool"] = "verified"
     min_scale: float = 0.75  # random letterbox scale jitter in [min_scale, 1]
-    resize: Literal["letterbox", "stretch"] = "letterbox"  # the trainer sets a transformers model's
+    resize: Literal["letterbox", "stretch"] = "letterbox"  # the trainer sets a transformers model's own
+    # Augmentation (docs/augmentation.md), all off by default; each draw is a function of (seed, sample
+    # index) or (seed, global batch index), so resume, workers and world size do not change a sample.
+    # [] keeps image_size; else each global batch draws its input size from the list (multi-scale
+    # training, YOLO / DETR; multiples of 32, for an image tower that takes any size: a convnet)
+    multiscale_sizes: list[int] = field(default_factory=list)
+    mosaic_probability: float = 0.0  # 4 images on a 2x2 canvas, texts = the union (YOLOv4 / YOLOX: 1.0)
+    mixup_probability: float = 0.0  # blend with another sample, boxes and texts of both (YOLOX: 1.0)
+    mixup_alpha: float = 32.0  # Beta(alpha, alpha) blend ratio, YOLOv5
+    photometric_probability: float = 0.0  # HSV jitter with the gains below (YOLOv5: 1.0)
+    hsv_gains: list[float] = field(default_factory=lambda: [0.015, 0.7, 0.4])  # hue, sat., value: YOLOv5
     seed: int = 0
+
+    def __post_init__(self):
+        probabilities = ("hflip_probability", "template_probability", "mosaic_probability",
+                         "mixup_probability", "photometric_probability")  # fmt: skip
+        for name in probabilities:
+            if not 0 <= getattr(self, name) <= 1:
+                raise OvdetError(f"loader.{name} must be in [0, 1], got {getattr(self, name)}")
+        bad_sizes = [s for s in self.multiscale_sizes if s <= 0 or s % 32]
+        if bad_sizes:
+            raise OvdetError(f"loader.multiscale_sizes must be positive multiples of 32, got {bad_sizes}")
+        if self.mixup_alpha <= 0:
+            raise OvdetError(f"loader.mixup_alpha must be > 0, got {self.mixup_alpha}")
+        if len(self.hsv_gains) != 3 or not all(0 <= g <= 1 for g in self.hsv_gains):
+            raise OvdetError(f"loader.hsv_gains must be 3 gains (hue, saturation, value) in [0, 1], "
+                             f"got {self.hsv_gains}")
 
 
 @dataclass
@@ -109,7 +136,11 @@ class ModelConfig:
     pretrained: str = ""  # open_clip pretrained tag or checkpoint path ("" keeps the config's own)
     head_width: int = 256
     feature_indices: list[int] = field(default_factory=lambda: [3, 4])
-    objectness: bool = False  # OWLv2-style head; refused until a loss trains it (docs/models.md)
+    box_head: Literal["direct", "dfl"] = "direct"  # dfl: distances as distributions (GFL, YOLOv8)
+    reg_max: int = 16  # DFL bins per side, in grid cells (YOLOv8)
+    # a per-token quality score trained by loss_quality and combined with the class score at inference
+    # (docs/losses.md): OWLv2 objectness, FCOS centerness, or IoU-aware (the IoU with its target)
+    quality: Literal["none", "objectness", "centerness", "iou"] = "none"
     freeze_text: bool = True
     freeze_image: bool = False
     lr_mult_text: float = 0.1
@@ -119,16 +150,32 @@ class ModelConfig:
     text_chunk_size: int = 256
 
     def __post_init__(self):
-        if self.objectness:
-            raise OvdetError("model.objectness=true is not supported yet: no loss trains the objectness "
-                             "head, and its untrained scores would be added to every detection's score")
+        if self.reg_max < 2:
+            raise OvdetError(f"model.reg_max={self.reg_max}: DFL needs at least 2 bins")
 
 
 @dataclass
 class LossConfig:
     """Matching costs and loss weights (keys are the criterion's loss names)."""
 
-    classification: Literal["focal", "bce"] = "focal"
+    # focal / bce: sigmoid per (region, text), soft targets from TAL; softmax: cross-entropy over the
+    # image's texts plus a learned no-object logit per region (DETR), weighted no_object_weight
+    classification: Literal["focal", "bce", "softmax"] = "focal"
+    no_object_weight: float = 0.1  # DETR's eos_coef
+    # label assignment (docs/losses.md): hungarian (one-to-one, DETR / OWL-ViT), max_iou (RetinaNet),
+    # atss (GLIP), tal (TOOD / YOLOv8 / YOLO-World), simota (YOLOX); one-to-many ones need NMS
+    assigner: Literal["hungarian", "max_iou", "atss", "tal", "simota"] = "hungarian"
+    prior_scale: float = 4.0  # a token's prior box: a square of prior_scale grid cells (RetinaNet's octave base)
+    max_iou_positive: float = 0.5  # RetinaNet
+    max_iou_negative: float = 0.4  # RetinaNet
+    atss_topk: int = 9  # ATSS
+    tal_alpha: float = 0.5  # TOOD / YOLOv8
+    tal_beta: float = 6.0
+    tal_topk: int = 10
+    simota_center_radius: float = 2.5  # YOLOX, in grid cells
+    simota_iou_weight: float = 3.0  # YOLOX
+    simota_candidates: int = 10  # YOLOX: dynamic k from the sum of the top-10 IoUs
+    smooth_l1_beta: float = 0.11  # loss_smooth_l1's L2-to-L1 switch on normalized boxes (Detectron's 1/9)
     focal_alpha: float = 0.25  # focal loss, RetinaNet
     focal_gamma: float = 2.0  # focal loss, RetinaNet
     cost_class: float = 2.0  # matcher costs, MM-Grounding-DINO
@@ -146,6 +193,19 @@ class LossConfig:
     image_loss_ramp: int = 0
     # one weight per scalar of the loss registry (ovdet/losses/registry.py), which gives the defaults
     weights: dict[str, float] = field(metadata={"keys": weight_names()}, default_factory=default_weights)
+
+    def __post_init__(self):
+        if not 0 <= self.max_iou_negative <= self.max_iou_positive <= 1:
+            raise OvdetError(f"loss.max_iou_negative={self.max_iou_negative} and loss.max_iou_positive="
+                             f"{self.max_iou_positive}: need 0 <= negative <= positive <= 1")
+        for key in ("atss_topk", "tal_topk", "simota_candidates"):
+            if getattr(self, key) < 1:
+                raise OvdetError(f"loss.{key}={getattr(self, key)}: must be at least 1")
+        for key in ("prior_scale", "simota_center_radius", "no_object_weight"):
+            if getattr(self, key) <= 0:
+                raise OvdetError(f"loss.{key}={getattr(self, key)}: must be positive")
+        if self.smooth_l1_beta < 0:
+            raise OvdetError(f"loss.smooth_l1_beta={self.smooth_l1_beta}: must be at least 0")
 
 
 @dataclass
@@ -188,10 +248,21 @@ class EvalConfig:
     dets_per_category: int = 10_000  # lvis-fixed: top K per category over the dataset (Dave et al. 2021)
     score_threshold: float = 0.0
     max_detections: int = 0  # per image from the model; 0 = the protocol's (coco 100, lvis 300, lvis-fixed 1000)
-    nms_iou: float = 0.0  # 0 disables class-wise NMS
+    # "auto": none after one-to-one training (hungarian), class-wise hard NMS after one-to-many
+    # assigners; or none, class, agnostic, soft-linear, soft-gaussian, diou, matrix, weighted (docs/losses.md)
+    nms: Literal["auto", "none", "class", "agnostic", "soft-linear", "soft-gaussian", "diou", "matrix",
+                 "weighted"] = "auto"
+    nms_iou: float = 0.5  # the IoU threshold of the hard, soft-linear, DIoU and weighted variants
+    nms_sigma: float = 0.5  # soft-gaussian (Bodla et al. 2017: 0.5); matrix NMS's kernel (SOLOv2: 2.0)
     batch_size: int = 16
     every: int = 0  # evaluate on this set every N training steps (0: only after training)
     max_images: int = 0  # cap for the periodic evaluation (0: all)
+
+    def __post_init__(self):
+        if not 0 < self.nms_iou <= 1:
+            raise OvdetError(f"eval.nms_iou={self.nms_iou}: an IoU threshold in (0, 1] (eval.nms=none turns NMS off)")
+        if self.nms_sigma <= 0:
+            raise OvdetError(f"eval.nms_sigma={self.nms_sigma}: must be positive")
 
 
 @dataclass
@@ -272,6 +343,9 @@ def build(cls: type, raw: Any, source: str, prefix: str):
         if not isinstance(values.get(field_.name), dict):
             continue
         unknown = sorted(set(values[field_.name]) - set(field_.metadata.get("keys", values[field_.name])))
+        removed = [f"{prefix}{field_.name}.{key}" for key in unknown if f"{prefix}{field_.name}.{key}" in REMOVED_KEYS]
+        if removed:
+            raise OvdetError(f"{source}: key '{removed[0]}' was removed: {REMOVED_KEYS[removed[0]]}")
         if unknown:
             known = ", ".join(field_.metadata["keys"])
             raise OvdetError(f"{source}: unknown key '{prefix}{field_.name}.{unknown[0]}' (known: {known})")

@@ -38,12 +38,17 @@ def draw_detections(image, detections, path: Path) -> None:
 
 
 def run_detect(model: str, vocabulary: list[str], images: list[str], out_dir: Path, templates=None,
-               threshold: float = 0.2, top_k: int = 50, nms_iou: float = 0.5, batch_size: int = 8) -> list[Path]:
+               threshold: float = 0.2, top_k: int = 50, nms_iou: float = 0.5, batch_size: int = 8,
+               nms: str = "auto") -> list[Path]:
     """Detect ``vocabulary`` in every image; writes ``OUT/NAME.json`` and ``OUT/NAME.jpg``."""
     paths = collect_images(images)
     detector = Detector.from_pretrained(model)
+    settings = detector.nms_settings(nms, nms_iou)
+    print(f"nms: {settings.method}" + (f" (auto: {detector.spec.get('assigner', 'hungarian')} assignment)"
+                                        if nms == "auto" else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = detector.detect(paths, vocabulary, templates, threshold, top_k, nms_iou, batch_size, progress=True)
+    results = detector.detect(paths, vocabulary, templates, threshold, top_k, nms_iou, batch_size, progress=True,
+                              nms=nms)  # fmt: skip
     written = []
     for index, (path, found) in enumerate(zip(paths, results, strict=True)):
         stem = f"{index:05d}-{path.stem}"

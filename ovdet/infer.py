@@ -38,16 +38,18 @@ class Detection:
 
 
 def postprocess(
-    logits: torch.Tensor, boxes_cxcywh: torch.Tensor, box_scale: tuple[float, float], width: int, height: int,
-    top_k: int, score_threshold: float, nms_iou: float,
+    scores: torch.Tensor, boxes_cxcywh: torch.Tensor, box_scale: tuple[float, float], width: int, height: int,
+    top_k: int, score_threshold: float, nms: NmsSettings,
 ) -> list[tuple[list[float], int, float]]:
-    """One image: logits ``[Q, C]``, boxes ``[Q, 4]`` normalized cxcywh -> top-k (xyxy px, class, score).
+    """One image: scores ``[Q, C]`` in [0, 1], boxes ``[Q, 4]`` normalized cxcywh -> top-k (xyxy px, class, score).
 
     ``box_scale``: original-image pixels per normalized box unit along x and y (the model's
-    geometry: ``input_size / letterbox scale`` on both axes for ovdet's canvas)."""
-    from torchvision.ops import batched_nms, remove_small_boxes
+    geometry: ``input_size / letterbox scale`` on both axes for ovdet's canvas). ``nms``: a
+    resolved method of ``ovdet.ops.nms`` (not ``auto``) with its parameters."""
+    from torchvision.ops import remove_small_boxes
 
-    scores = logits.sigmoid()  # (Q, C)
+    from ovdet.ops.nms import apply_nms
+
     num_classes = scores.shape[1]
     flat = scores.flatten()
     k = min(top_k * 4, flat.numel())  # spare candidates for the area filter and NMS
@@ -56,11 +58,43 @@ def postprocess(
     boxes = boxes_to_pixels(boxes_cxcywh[queries], box_scale, width, height)
     keep = torch.where(values >= score_threshold)[0]
     keep = keep[remove_small_boxes(boxes[keep], min_size=1.0)]  # a box in the padding is clipped to nothing
-    boxes, values, classes = boxes[keep], values[keep], classes[keep]
-    kept = batched_nms(boxes, values, classes, nms_iou) if nms_iou > 0 else torch.arange(len(values))
-    kept = kept[:top_k]
-    boxes, values, classes = boxes[kept], values[kept], classes[kept]
+    kept = apply_nms(boxes[keep], values[keep], classes[keep], nms.method, nms.iou, nms.sigma, score_threshold)
+    boxes, values, classes = kept.boxes[:top_k], kept.scores[:top_k], classes[keep][kept.indices[:top_k]]
     return [(b.tolist(), int(c), float(s)) for b, c, s in zip(boxes, classes, values, strict=True)]
+
+
+@dataclass(frozen=True)
+class NmsSettings:
+    """Post-processing NMS (``eval.nms``, ``ovdet detect --nms``): a method of ``ovdet.ops.nms.METHODS``
+    or ``auto``, the IoU threshold, soft-NMS's / Matrix NMS's sigma."""
+
+    method: str = "auto"
+    iou: float = 0.5
+    sigma: float = 0.5
+
+    def resolved(self, spec: dict) -> NmsSettings:
+        """``auto`` follows the training assignment: none after one-to-one (Hungarian) matching, which
+        trains duplicates away; class-wise hard NMS after a one-to-many assigner (RetinaNet, ATSS, TAL,
+        SimOTA), whose neighbours all learn to fire."""
+        if self.method != "auto":
+            return self
+        one_to_one = spec.get("assigner", "hungarian") == "hungarian"
+        return NmsSettings("none" if one_to_one else "class", self.iou, self.sigma)
+
+
+def detection_scores(output, spec: dict) -> torch.Tensor:
+    """``[B, Q, C]`` scores in [0, 1] of a ``DetectorOutput`` scored the way its model was trained:
+    sigmoid of the logits, or (softmax classification) the softmax over the classes and the
+    no-object logit without the latter; with a trained quality score (``model.quality``) the
+    geometric mean ``sqrt(class score x quality)`` (ATSS / GLIP's centerness rule, docs/losses.md)."""
+    logits = output.pred_logits.float()
+    if spec.get("no_object") and output.no_object_logits is not None:
+        scores = torch.cat([logits, output.no_object_logits.float()[..., None]], dim=-1).softmax(-1)[..., :-1]
+    else:
+        scores = logits.sigmoid()
+    if spec.get("quality", "none") != "none" and output.quality_logits is not None:
+        scores = (scores * output.quality_logits.float().sigmoid()[..., None]).sqrt()
+    return scores
 
 
 class Detector:
@@ -112,11 +146,12 @@ class Detector:
     @torch.no_grad()
     def detect(
         self, images, vocabulary: list[str], templates: list[str] | None = None, score_threshold: float = 0.1,
-        top_k: int = 100, nms_iou: float = 0.0, batch_size: int = 8, progress: bool = False,
-        synonyms: list[list[str]] | None = None,
+        top_k: int = 100, nms_iou: float = 0.5, batch_size: int = 8, progress: bool = False,
+        synonyms: list[list[str]] | None = None, nms: str = "auto", nms_sigma: float = 0.5,
     ) -> list[list[Detection]]:
         """Detect ``vocabulary`` in each image (paths or PIL images); one list of Detections per image, each
-        labelled with its raw vocabulary name. ``synonyms``: see ``class_embeddings``."""
+        labelled with its raw vocabulary name. ``synonyms``: see ``class_embeddings``. ``nms``: a method of
+        ``ovdet.ops.nms.METHODS`` or ``auto`` (``NmsSettings.resolved``), with ``nms_iou`` and ``nms_sigma``."""
         from tqdm import tqdm
 
         if not vocabulary:
@@ -128,14 +163,23 @@ class Detector:
             queries = [texts[0] for texts in class_prompts(list(vocabulary))]
         else:
             queries = self.class_embeddings(list(vocabulary), templates, synonyms)
+        settings = self.nms_settings(nms, nms_iou, nms_sigma)
         results = []
         for start in tqdm(range(0, len(images), batch_size), desc="detect", disable=not progress):
             chunk = [open_image(i) for i in images[start : start + batch_size]]
-            raw = self.detect_batch(chunk, queries, score_threshold, top_k, nms_iou)
+            raw = self.detect_batch(chunk, queries, score_threshold, top_k, settings)
             results.extend([[Detection(b, vocabulary[c], c, s) for b, c, s in image] for image in raw])
         return results
 
-    def detect_batch(self, images: list[Image.Image], queries, score_threshold, top_k, nms_iou):
+    def nms_settings(self, method: str = "auto", iou: float = 0.5, sigma: float = 0.5) -> NmsSettings:
+        """The NMS this model's detections get (``auto`` resolved from how it was trained)."""
+        from ovdet.ops.nms import METHODS
+
+        if method != "auto" and method not in METHODS:
+            raise OvdetError(f"nms '{method}': not one of auto, {', '.join(METHODS)}")
+        return NmsSettings(method, iou, sigma).resolved(self.spec)
+
+    def detect_batch(self, images: list[Image.Image], queries, score_threshold, top_k, nms: NmsSettings):
         """``queries``: class embeddings ``[C, D]``, or the names for a model that reads them (Grounding DINO).
 
         Runs where the model is, under autocast to its parameters' dtype (a bf16 model validated
@@ -152,12 +196,10 @@ class Detector:
                 text = queries[None].expand(len(images), -1, -1)
                 output = self.model(pixels, text, torch.ones(text.shape[:2], dtype=torch.bool, device=device))
                 box_scales = [(self.input_size / scale,) * 2 for scale in scales]
-        logits, boxes = output.pred_logits.float(), output.pred_boxes.float()
-        if output.objectness_logits is not None and self.spec.get("objectness"):
-            logits = logits + torch.nn.functional.logsigmoid(output.objectness_logits.float())[..., None]
+        scores, boxes = detection_scores(output, self.spec), output.pred_boxes.float()
         return [
-            postprocess(logits[i], boxes[i], box_scales[i], image.width, image.height, top_k, score_threshold,
-                        nms_iou)  # fmt: skip
+            postprocess(scores[i], boxes[i], box_scales[i], image.width, image.height, top_k, score_threshold,
+                        nms)  # fmt: skip
             for i, image in enumerate(images)
         ]
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ovdet.config import Config, LoaderConfig, ModelConfig, load_config, to_yaml
+from ovdet.config import Config, LoaderConfig, load_config, to_yaml
 from ovdet.errors import OvdetError
 from ovdet.losses.registry import default_weights
 
@@ -74,8 +74,8 @@ def test_exponent_numbers_without_a_dot_are_numbers_in_files_and_overrides(tmp_p
 
 
 def test_literal_fields_reject_other_values(tmp_path):
-    with pytest.raises(OvdetError, match=r"loss\.classification' must be one of \['focal', 'bce'\]"):
-        load_config(write(tmp_path, "loss:\n  classification: softmax\n"))
+    with pytest.raises(OvdetError, match=r"loss\.classification' must be one of \['focal', 'bce', 'softmax'\]"):
+        load_config(write(tmp_path, "loss:\n  classification: sigmoid\n"))
 
 
 def test_missing_file_and_invalid_yaml_are_user_errors(tmp_path):
@@ -103,9 +103,14 @@ def test_printed_config_round_trips(tmp_path):
 
 def test_loss_weights_default_to_the_registry_and_accept_only_its_names():
     assert load_config(None).loss.weights == default_weights()
-    assert list(default_weights()) == ["loss_labels", "loss_bbox", "loss_giou", "loss_contrastive", "loss_image"]
-    with pytest.raises(OvdetError, match=r"unknown key 'loss\.weights\.loss_focal' \(known: loss_labels, loss_bbox"):
+    assert list(default_weights())[:3] == ["loss_labels", "loss_l1", "loss_smooth_l1"]
+    with pytest.raises(OvdetError, match=r"unknown key 'loss\.weights\.loss_focal' \(known: loss_labels, loss_l1"):
         load_config(None, ["loss.weights.loss_focal=1"])
+
+
+def test_the_renamed_loss_bbox_weight_is_refused_with_its_new_name():
+    with pytest.raises(OvdetError, match=r"key 'loss\.weights\.loss_bbox' was removed: renamed loss\.weights\.loss_l1"):
+        load_config(None, ["loss.weights.loss_bbox=5"])
 
 
 def test_the_removed_contrastive_temperature_is_refused_with_the_reason(tmp_path):
@@ -117,19 +122,31 @@ def test_the_removed_contrastive_temperature_is_refused_with_the_reason(tmp_path
         load_config(None, ["loss.contrastive_temperature=0.07"])
 
 
-def test_objectness_is_refused_until_a_loss_trains_it(tmp_path):
-    with pytest.raises(OvdetError, match=r"cfg\.yaml: model\.objectness=true is not supported yet: no loss trains"):
+def test_the_removed_objectness_key_points_to_model_quality(tmp_path):
+    with pytest.raises(OvdetError, match=r"cfg\.yaml: key 'model\.objectness' was removed: use model\.quality=objectness"):
         load_config(write(tmp_path, "model:\n  objectness: true\n"))
-    with pytest.raises(OvdetError, match="no loss trains the objectness head"):
-        ModelConfig(objectness=True)
-    assert load_config(None, ["model.objectness=false"]).model.objectness is False
+    assert load_config(None, ["model.quality=objectness"]).model.quality == "objectness"
 
 
 def test_a_saved_model_spec_with_objectness_is_refused():
     from ovdet.models.factory import create_detector
 
-    with pytest.raises(OvdetError, match="objectness: true is not supported yet"):
+    with pytest.raises(OvdetError, match="objectness: true: its objectness head was never trained"):
         create_detector({"kind": "custom", "name": "hand-written", "objectness": True})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("loss.max_iou_negative=0.6", r"loss\.max_iou_negative=0\.6 and loss\.max_iou_positive=0\.5: need 0 <= negative"),
+    ("loss.atss_topk=0", r"loss\.atss_topk=0: must be at least 1"),
+    ("loss.prior_scale=0", r"loss\.prior_scale=0(\.0)?: must be positive"),
+    ("model.reg_max=1", r"model\.reg_max=1: DFL needs at least 2 bins"),
+    ("eval.nms_iou=0", r"eval\.nms_iou=0(\.0)?: an IoU threshold in \(0, 1\]"),
+    ("eval.nms=fast", r"eval\.nms.*one of \['auto', 'none', 'class'"),
+    ("loss.assigner=yolo", r"loss\.assigner.*one of \['hungarian', 'max_iou', 'atss', 'tal', 'simota'\]"),
+])
+def test_invalid_recipe_values_are_refused_naming_the_key(override, message):
+    with pytest.raises(OvdetError, match=message):
+        load_config(None, [override])
 
 
 def test_a_config_file_that_is_not_a_mapping_names_the_file(tmp_path):

@@ -99,7 +99,7 @@ def test_synonyms_are_averaged_with_the_name_over_every_template(model_folder):
 
 def test_class_wise_nms_removes_same_class_overlaps(model_folder, images):
     detector = Detector.from_pretrained(model_folder)
-    found = detector.detect([images / "img0.jpg"], ["red circle", "dog"], score_threshold=0.0, top_k=20, nms_iou=0.3)[0]
+    found = detector.detect([images / "img0.jpg"], ["red circle", "dog"], score_threshold=0.0, top_k=20, nms_iou=0.3, nms="class")[0]
     for label in ("red circle", "dog"):
         boxes = torch.tensor([d.box_xyxy for d in found if d.label == label]).reshape(-1, 4)
         iou = box_iou(boxes, boxes) - torch.eye(len(boxes))

@@ -30,7 +30,7 @@ def predict_coco(detector, gt: dict, images, vocab, cfg: EvalConfig, progress: b
     results = detector.detect(
         images, vocab.names, templates=cfg.prompt_templates or vocab.prompts, score_threshold=cfg.score_threshold,
         top_k=cfg.max_detections or MODEL_DETECTIONS_PER_IMAGE[protocol.name], nms_iou=cfg.nms_iou,
-        batch_size=cfg.batch_size, progress=progress,
+        batch_size=cfg.batch_size, progress=progress, nms=cfg.nms, nms_sigma=cfg.nms_sigma,
         synonyms=[c.synonyms for c in vocab.categories] if cfg.synonym_prompts else None,
     )
     detections = []
@@ -162,6 +162,10 @@ def evaluate_model(model_path: str | Path, cfg: EvalConfig, out_dir: Path, progr
     write_json_atomic(out_dir / "detections.json", detections, indent=None, sort_keys=False)
     metrics = evaluate(gt, detections, vocab, protocol=cfg.protocol, dets_per_category=cfg.dets_per_category)
     metrics["model"] = str(model_path)
+    settings = detector.nms_settings(cfg.nms, cfg.nms_iou, cfg.nms_sigma)
+    metrics["nms"] = {"method": settings.method, "iou": settings.iou, "sigma": settings.sigma, "configured": cfg.nms}
+    print(f"nms: {settings.method}" + (f" (auto: {detector.spec.get('assigner', 'hungarian')} assignment)"
+                                        if cfg.nms == "auto" else ""))
     write_metrics(out_dir, metrics)
     print(format_table(metrics))
     write_report(out_dir, metrics, gt, detections, vocab, image_root=image_root)

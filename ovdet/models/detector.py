@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovdet.models.heads import MLP, BoxHead, ClassHead
+from ovdet.models.heads import MLP, ClassHead, build_box_head
 from ovdet.models.posembed import fit_vit_to_input_size
 from ovdet.models.text import TextEncoder, embed_text_lists
 
@@ -21,21 +21,36 @@ class DetectorOutput:
     Attributes:
         pred_logits: [B, Q, T] region-text logits (padded texts hold -1e4).
         pred_boxes: [B, Q, 4] boxes, normalized cxcywh relative to the (padded) input image.
-        objectness_logits: [B, Q] OWLv2-style objectness, or None when the head is off.
+        quality_logits: [B, Q] the quality score's logit (``model.quality``: OWLv2 objectness, FCOS
+            centerness or IoU-aware), or None when the model has none.
         class_embeds: [B, Q, D] unit-norm region embeddings in the text space.
         logit_parts: the class head's factors of ``pred_logits`` (``region_similarity``,
             ``logit_shift``, ``logit_scale``), passed to the criterion.
+        no_object_logits: [B, Q] the learned no-object logit of softmax classification, or None.
+        box_distribution: [B, Q, 4, reg_max] DFL logits of the left/top/right/bottom distances from
+            each token's centre, in grid cells (``model.box_head=dfl``), or None.
+        token_grid: ``(H, W)`` when the Q tokens are an H x W grid (row-major), else None: the
+            priors of the one-to-many assigners and of DFL.
     """
 
     pred_logits: torch.Tensor
     pred_boxes: torch.Tensor
-    objectness_logits: torch.Tensor | None
+    quality_logits: torch.Tensor | None
     class_embeds: torch.Tensor
     logit_parts: dict[str, torch.Tensor] | None = None
+    no_object_logits: torch.Tensor | None = None
+    box_distribution: torch.Tensor | None = None
+    token_grid: tuple[int, int] | None = None
 
     def as_matcher_input(self, text_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The criterion's (and matcher's) input dict."""
+        """The criterion's (and matcher's) input dict: the fields that are set, under their names
+        (``token_grid`` as an int64 tensor ``[2]``)."""
         out = {"pred_logits": self.pred_logits, "pred_boxes": self.pred_boxes, "text_mask": text_mask}
+        optional = {"quality_logits": self.quality_logits, "no_object_logits": self.no_object_logits,
+                    "box_distribution": self.box_distribution}  # fmt: skip
+        out.update({name: value for name, value in optional.items() if value is not None})
+        if self.token_grid is not None:
+            out["token_grid"] = torch.tensor(self.token_grid, dtype=torch.int64)
         return {**out, **(self.logit_parts or {})}
 
 
@@ -79,18 +94,22 @@ class FeatureNeck(nn.Module):
 
 
 class OpenVocabDetector(nn.Module):
-    """Image tower -> grid of region tokens -> per-token box, class embedding, objectness.
+    """Image tower -> grid of region tokens -> per-token box, class embedding, quality score.
 
     ``forward(images, text_embeds, text_mask)`` takes images as uint8 or float in [0, 255]
     (``[B, 3, S, S]``; normalisation happens here so loaders ship uint8) and the texts of each
     image already encoded (``encode_texts``), and returns a ``DetectorOutput``.
     """
 
+    has_token_grid = True  # its Q queries are the H x W grid of region tokens
+
     def __init__(self, clip_model: nn.Module, tokenizer, spec: dict[str, Any], mean: list, std: list):
         super().__init__()
         self.spec = spec
         self.image_size = int(spec.get("input_size") or input_size_of(clip_model.visual))
         fit_vit_to_input_size(clip_model.visual, self.image_size)  # a 224 px ViT detects at 768 px (OWL-ViT)
+        # a convolutional tower takes any size (multi-scale training); a ViT's grid is fitted to one
+        self.accepts_any_input_size = not has_position_embedding(clip_model.visual)
         self.backbone = ImageBackbone(clip_model.visual, spec["feature_indices"], self.image_size)
         clip_model.visual = nn.Identity()  # the text tower keeps the rest of the CLIP module
         for name in ("logit_scale", "logit_bias"):  # CLIP's image-text scalars: unused here
@@ -101,9 +120,10 @@ class OpenVocabDetector(nn.Module):
         embed_dim = embed_dim_of(spec, clip_model)
         self.neck = FeatureNeck(self.backbone.channels, width)
         self.token_norm = nn.LayerNorm(width)
-        self.box_head = BoxHead(width)
-        self.class_head = ClassHead(width, embed_dim, spec["prior_probability"])
-        self.objectness_head = MLP(width, width, 1, num_layers=2) if spec.get("objectness") else None
+        self.box_head = build_box_head(spec.get("box_head", "direct"), width, spec.get("reg_max", 16))
+        self.class_head = ClassHead(width, embed_dim, spec["prior_probability"], bool(spec.get("no_object")))
+        has_quality = spec.get("quality", "none") != "none"
+        self.quality_head = MLP(width, width, 1, num_layers=2) if has_quality else None
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
 
@@ -149,9 +169,10 @@ class OpenVocabDetector(nn.Module):
 
     def forward(self, images: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor) -> DetectorOutput:
         tokens, grid = self.region_tokens(images)
-        logits, class_embeds, logit_parts = self.class_head(tokens, text_embeds, text_mask)
-        objectness = self.objectness_head(tokens).squeeze(-1) if self.objectness_head is not None else None
-        return DetectorOutput(logits, self.box_head(tokens, grid), objectness, class_embeds, logit_parts)
+        logits, class_embeds, logit_parts, no_object = self.class_head(tokens, text_embeds, text_mask)
+        quality = self.quality_head(tokens).squeeze(-1) if self.quality_head is not None else None
+        boxes, distribution = self.box_head(tokens, grid)
+        return DetectorOutput(logits, boxes, quality, class_embeds, logit_parts, no_object, distribution, grid)
 
 
 def input_size_of(visual: nn.Module) -> int:
@@ -170,3 +191,9 @@ def embed_dim_of(spec: dict[str, Any], clip_model: nn.Module) -> int:
     if projection is not None:
         return projection.shape[-1] if isinstance(projection, torch.Tensor) else projection.out_features
     return int(clip_model.text.output_dim)
+
+
+def has_position_embedding(visual: nn.Module) -> bool:
+    """Whether an open_clip image tower (or its timm trunk) adds learned absolute position embeddings."""
+    body = getattr(visual, "trunk", visual)
+    return any(getattr(body, name, None) is not None for name in ("pos_embed", "positional_embedding"))

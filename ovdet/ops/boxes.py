@@ -85,3 +85,21 @@ def batched_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     hull_wh = torch.max(pairs1[..., 2:], pairs2[..., 2:]) - torch.min(pairs1[..., :2], pairs2[..., :2])
     hull = hull_wh[..., 0] * hull_wh[..., 1]  # (..., n, m)
     return inter / union - (hull - union) / hull
+
+
+def grid_centers(height: int, width: int) -> Tensor:
+    """``[H*W, 2]`` normalized (x, y) centres of the cells of an ``H x W`` grid, row-major: the
+    region tokens' centres (box head bias, assigners' priors, DFL's distances)."""
+    import torch
+
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return torch.stack([(xs + 0.5) / width, (ys + 0.5) / height], dim=-1).reshape(-1, 2)
+
+
+def elementwise_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
+    """(..., 4) xyxy, (..., 4) xyxy -> (...) IoU of each pair (torchvision has only the [N, M] matrix)."""
+    import torch
+
+    inter_wh = (torch.min(boxes1[..., 2:], boxes2[..., 2:]) - torch.max(boxes1[..., :2], boxes2[..., :2])).clamp(min=0)
+    inter = inter_wh[..., 0] * inter_wh[..., 1]
+    return inter / (box_area(boxes1) + box_area(boxes2) - inter + eps)

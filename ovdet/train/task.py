@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ovdet.config import LossConfig
-from ovdet.losses.criterion import SetCriterion, weighted_sum
-from ovdet.losses.matcher import build_matcher
+from ovdet.errors import OvdetError
+from ovdet.losses.criterion import SetCriterion, build_assignment, weighted_sum
 from ovdet.losses.registry import scheduled_weights
 
 
@@ -26,8 +26,9 @@ class DetectionTask(nn.Module):
 
     def __init__(self, detector: nn.Module, loss_cfg: LossConfig):
         super().__init__()
+        check_recipe(detector, loss_cfg)
         self.detector = detector
-        self.criterion = SetCriterion(build_matcher(loss_cfg), loss_cfg)
+        self.criterion = SetCriterion(build_assignment(loss_cfg), loss_cfg, detector.spec.get("quality", "none"))
         self.weights = dict(loss_cfg.weights)
         self.image_loss_start, self.image_loss_ramp = loss_cfg.image_loss_start, loss_cfg.image_loss_ramp
         self.step = 0  # the optimizer step being trained; the training loop sets it before each forward
@@ -59,3 +60,14 @@ def criterion_target(
     if not has_boxes:
         target["image_labels"] = image_labels.to(device)
     return target
+
+
+def check_recipe(detector: nn.Module, loss_cfg: LossConfig) -> None:
+    """Refuse a loss config the detector cannot train, in one line naming the keys."""
+    name = detector.spec.get("name", "this model")
+    if loss_cfg.assigner != "hungarian" and not getattr(detector, "has_token_grid", False):
+        raise OvdetError(f"loss.assigner={loss_cfg.assigner} needs priors from a grid of region tokens; {name}'s "
+                         "queries are not a grid (loss.assigner=hungarian)")
+    if loss_cfg.classification == "softmax" and detector.spec.get("kind") == "hf":
+        raise OvdetError(f"loss.classification=softmax needs a no-object logit per query; {name} keeps its own "
+                         "class head (loss.classification=focal or bce)")

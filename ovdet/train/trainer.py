@@ -59,8 +59,11 @@ def run_training(
     # the detector's input size is the loader's canvas (a ViT's position embeddings are resampled
     # to it: ovdet.models.posembed, OWL's interpolated); a transformers detector also sets the
     # canvas's resize rule to its processor's
-    detector = create_detector(model_cfg, input_size=loader_cfg.image_size)
+    # the spec records what inference must repeat: the assigner (its default NMS) and softmax scores
+    training = {"assigner": loss_cfg.assigner, "no_object": loss_cfg.classification == "softmax"}
+    detector = create_detector(model_cfg, input_size=loader_cfg.image_size, training=training)
     loader_cfg = replace(loader_cfg, resize=getattr(detector, "resize", loader_cfg.resize))
+    check_input_sizes(detector, loader_cfg)
     spec = detector.spec
     task = DetectionTask(detector, loss_cfg)
     engine = build_engine(task, train, model_cfg, loader_cfg)
@@ -75,6 +78,14 @@ def run_training(
         export_weights(engine, paths.final_model, spec, {"step": state.step, "config": resolved_config})
     summary = {"step": state.step, "resumed_from": resumed_from, "stopped": loop.stop_reason}
     return {**summary, "out_dir": str(out_dir), **loop.last_metrics}
+
+
+def check_input_sizes(detector, loader_cfg) -> None:
+    """Multi-scale training needs a detector that takes any input size: a convolutional tower
+    (a ViT's position embeddings are fitted to one size, ``ovdet.models.posembed``)."""
+    if loader_cfg.multiscale_sizes and not getattr(detector, "accepts_any_input_size", False):
+        raise OvdetError(f"loader.multiscale_sizes needs an image tower that takes any input size; "
+                         f"{detector.spec.get('name')} is fitted to {loader_cfg.image_size} px (loader.multiscale_sizes=[])")
 
 
 def seed_everything(seed: int) -> None:

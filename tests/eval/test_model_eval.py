@@ -131,3 +131,25 @@ def test_synonym_ensembling_is_off_by_default_and_moves_scores_when_on(world_and
     assert default == predict_coco(detector, gt, images, without, cfg, progress=False)
     ensembled = predict_coco(detector, gt, images, vocab, EvalConfig(**{**vars(cfg), "synonym_prompts": True}), progress=False)
     assert [d["score"] for d in ensembled] != [d["score"] for d in default]
+
+
+@pytest.mark.parametrize("spec, configured, method", [({}, "auto", "none"), ({"assigner": "atss"}, "auto", "class"),
+                                                      ({}, "soft-gaussian", "soft-gaussian")])
+def test_eval_records_and_applies_the_resolved_nms(world_and_shards, detector, tmp_path, spec, configured, method):
+    world, _ = world_and_shards
+    model = Detector(detector.model, spec)
+    cfg = EvalConfig(gt=str(world / "eval.json"), vocab=str(world / "vocab.yaml"), max_detections=20, nms=configured,
+                     prompt_templates=["{}"])
+    metrics = evaluate_model("m", cfg, tmp_path, False, model)
+    assert metrics["nms"] == {"method": method, "iou": 0.5, "sigma": 0.5, "configured": configured}
+    detections = json.loads((tmp_path / "detections.json").read_text())
+    assert len(detections) == 6 * 20  # an untrained model's boxes are its tokens' cells: enough survive NMS
+    if method == "class":  # no two boxes of one class in one image overlap beyond the threshold
+        from torchvision.ops import box_convert, box_iou
+
+        groups = {}
+        for d in detections:
+            groups.setdefault((d["image_id"], d["category_id"]), []).append(d["bbox"])
+        for boxes in groups.values():
+            iou = box_iou(*[box_convert(torch.tensor(boxes), "xywh", "xyxy")] * 2).fill_diagonal_(0)
+            assert iou.max() <= 0.5

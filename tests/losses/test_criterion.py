@@ -7,7 +7,7 @@ import torch
 
 from ovdet import dist
 from ovdet.config import LossConfig
-from ovdet.losses.criterion import SetCriterion, count_boxes, global_counts, weighted_sum
+from ovdet.losses.criterion import SetCriterion, count_positives, global_counts, one_to_one, weighted_sum
 from ovdet.losses.matcher import build_matcher
 from ovdet.losses.registry import LOSS_TERMS, weight_names
 
@@ -89,19 +89,19 @@ def test_loss_labels_matches_hand_worked_values(classification, p, is_positive, 
 # GIoU = -(.12 - .08) / .12 = -1/3, loss 4/3. Nested: a .2 box in a .4 box with the same centre:
 # IoU = .04 / .16 = GIoU, loss .75. L1 sums the four coordinate differences.
 @pytest.mark.parametrize(
-    "pred, target, loss_bbox, loss_giou",
+    "pred, target, loss_l1, loss_giou",
     [
         ([0.1, 0.1, 0.2, 0.2], [0.5, 0.1, 0.2, 0.2], 0.4, 4.0 / 3.0),
         ([0.5, 0.5, 0.4, 0.4], [0.5, 0.5, 0.2, 0.2], 0.4, 0.75),
         ([0.3, 0.6, 0.2, 0.4], [0.3, 0.6, 0.2, 0.4], 0.0, 0.0),
     ],
 )
-def test_loss_boxes_matches_hand_worked_values(pred, target, loss_bbox, loss_giou):
+def test_loss_boxes_matches_hand_worked_values(pred, target, loss_l1, loss_giou):
     outputs = {"pred_logits": torch.zeros(1, 1, 1), "pred_boxes": torch.tensor([[pred]])}
     targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([target]), "has_boxes": True}]
-    indices = [(torch.tensor([0]), torch.tensor([0]))]
-    losses = make_criterion().loss_boxes(outputs, targets, indices, {"boxes": 1.0, "image_positives": 1.0})
-    assert losses["loss_bbox"].item() == pytest.approx(loss_bbox, abs=1e-5)
+    assignments = [one_to_one(torch.tensor([0]), torch.tensor([0]), 1)]
+    losses = make_criterion().loss_boxes(outputs, targets, assignments, {"positives": 1.0, "image_positives": 1.0})
+    assert losses["loss_l1"].item() == pytest.approx(loss_l1, abs=1e-5)
     assert losses["loss_giou"].item() == pytest.approx(loss_giou, abs=1e-5)
 
 
@@ -110,7 +110,7 @@ def test_perfect_prediction_gives_zero_box_losses():
     outputs["pred_boxes"][0, [1, 4]] = targets[0]["boxes"]
     outputs["pred_boxes"][1, [0, 2, 5]] = targets[1]["boxes"]
     losses = make_criterion()(outputs, targets)
-    assert losses["loss_bbox"].item() == pytest.approx(0.0, abs=1e-6)
+    assert losses["loss_l1"].item() == pytest.approx(0.0, abs=1e-6)
     assert losses["loss_giou"].item() == pytest.approx(0.0, abs=1e-5)  # torchvision eps 1e-7 / area
 
 
@@ -162,12 +162,12 @@ def test_images_without_boxes_contribute_only_loss_image():
     first = {key: value[:1].detach() for key, value in outputs.items()}
     second = {key: value[1:].detach() for key, value in outputs.items()}
     alone = criterion(first, targets[:1])
-    for name in ("loss_labels", "loss_contrastive", "loss_bbox", "loss_giou"):
+    for name in ("loss_labels", "loss_contrastive", "loss_l1", "loss_giou"):
         torch.testing.assert_close(losses[name], alone[name], msg=name)
     only_image = criterion(second, image_text[1:])
     torch.testing.assert_close(losses["loss_image"], only_image["loss_image"])
 
-    box_terms = losses["loss_labels"] + losses["loss_contrastive"] + losses["loss_bbox"] + losses["loss_giou"]
+    box_terms = losses["loss_labels"] + losses["loss_contrastive"] + losses["loss_l1"] + losses["loss_giou"]
     box_terms.backward()
     assert outputs["pred_logits"].grad[1].abs().sum() == 0
     assert outputs["pred_boxes"].grad[1].abs().sum() == 0
@@ -235,12 +235,12 @@ def test_image_loss_none_leaves_the_term_out():
     outputs, targets = random_batch()
     losses = make_criterion(image_loss="none")(outputs, [with_image_labels(targets[0], 0), targets[1]])
     assert "loss_image" not in losses
-    assert {"loss_labels", "loss_contrastive", "loss_bbox", "loss_giou"} <= losses.keys()
+    assert {"loss_labels", "loss_contrastive", "loss_l1", "loss_giou"} <= losses.keys()
 
 
 def test_weighted_sum_uses_weights_of_present_losses():
-    losses = {"loss_labels": torch.tensor(2.0), "loss_bbox": torch.tensor(3.0)}
-    total = weighted_sum(losses, {"loss_labels": 0.5, "loss_bbox": 2.0, "loss_image": 10.0})
+    losses = {"loss_labels": torch.tensor(2.0), "loss_l1": torch.tensor(3.0)}
+    total = weighted_sum(losses, {"loss_labels": 0.5, "loss_l1": 2.0, "loss_image": 10.0})
     assert total.item() == pytest.approx(7.0)
 
 
@@ -265,14 +265,15 @@ def test_counts_are_averaged_over_ranks_in_one_reduction(monkeypatch):
 
     monkeypatch.setattr(dist, "sum_over_ranks", other_rank_has_7_boxes_and_no_positives)
     monkeypatch.setattr(dist, "world_size", lambda: 2)
-    _, targets = random_batch()
-    counts = global_counts({"boxes": count_boxes(targets), "image_positives": 0})
-    assert counts == {"boxes": pytest.approx((5 + 7) / 2), "image_positives": pytest.approx(1 / 2)}
+    outputs, targets = random_batch()
+    assignments = make_criterion().assign(outputs, [{**t, "has_boxes": True} for t in targets])
+    counts = global_counts({"positives": count_positives(assignments), "image_positives": 0})
+    assert counts == {"positives": pytest.approx((5 + 7) / 2), "image_positives": pytest.approx(1 / 2)}
     assert reductions == [[5.0, 0.0]]
 
 
 def test_counts_are_at_least_one():
-    assert global_counts({"boxes": count_boxes([no_target(), no_target()])}) == {"boxes": 1.0}
+    assert global_counts({"positives": 0.0}) == {"positives": 1.0}
 
 
 def test_padded_texts_with_infinite_logits_keep_losses_and_grads_finite():
@@ -300,13 +301,17 @@ def test_zero_losses_stay_finite_next_to_infinite_padded_logits():
 
 def test_every_registered_term_is_one_method_returning_its_scalars():
     outputs, targets = random_batch()
-    criterion = make_criterion()
-    indices = criterion.matcher(outputs, targets)
-    counts = {"boxes": 5.0, "image_positives": 1.0}
+    outputs["token_grid"] = torch.tensor([2, 3])  # the 6 queries on a 2 x 3 grid
+    outputs["box_distribution"] = torch.randn(2, 6, 4, 16)
+    outputs["quality_logits"] = torch.randn(2, 6)
+    cfg = LossConfig()
+    criterion = SetCriterion(build_matcher(cfg), cfg, quality="centerness")
     targets = [{**targets[0], "has_boxes": True}, {**with_image_labels(targets[1], 2), "has_boxes": True}]
+    assignments = criterion.assign(outputs, targets)
+    counts = {"positives": 5.0, "image_positives": 1.0}
     assert list(criterion.loss_map) == list(LOSS_TERMS)
     for term, scalars in LOSS_TERMS.items():
         assert criterion.loss_map[term].__name__ == f"loss_{term}"
-        assert list(criterion.loss_map[term](outputs, targets, indices, counts)) == list(scalars), term
+        assert list(criterion.loss_map[term](outputs, targets, assignments, counts)) == list(scalars), term
     assert list(criterion(outputs, targets)) == list(weight_names())
 

@@ -2,11 +2,15 @@
 
 from ovdet.losses.registry import LOSS_TERMS, default_weights, scheduled_weights, weight_names
 
+NAMES = ("loss_labels", "loss_l1", "loss_smooth_l1", "loss_iou", "loss_giou", "loss_diou", "loss_ciou", "loss_dfl",
+         "loss_quality", "loss_contrastive", "loss_image")
+
 
 def test_weight_names_and_defaults_come_from_the_terms_in_order():
-    assert weight_names() == ("loss_labels", "loss_bbox", "loss_giou", "loss_contrastive", "loss_image")
-    assert default_weights() == {"loss_labels": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0, "loss_contrastive": 0.5,
-                                 "loss_image": 1.0}
+    assert weight_names() == NAMES
+    assert default_weights() == {"loss_labels": 2.0, "loss_l1": 5.0, "loss_smooth_l1": 0.0, "loss_iou": 0.0,
+                                 "loss_giou": 2.0, "loss_diou": 0.0, "loss_ciou": 0.0, "loss_dfl": 1.5,
+                                 "loss_quality": 1.0, "loss_contrastive": 0.5, "loss_image": 1.0}
     assert [name for scalars in LOSS_TERMS.values() for name in scalars] == list(default_weights())
 
 

@@ -34,7 +34,7 @@ def test_output_shapes_and_box_range(tiny):
     assert out.pred_boxes.shape == (2, queries, 4)
     assert out.class_embeds.shape == (2, queries, 384)
     assert 0 <= out.pred_boxes.min() and out.pred_boxes.max() <= 1
-    assert out.objectness_logits is None
+    assert out.quality_logits is None
 
 
 def test_classification_prior_is_retinanet_initialisation(tiny):
@@ -147,3 +147,35 @@ def test_gradient_checkpointing_keeps_outputs(tiny):
     after = run(tiny).pred_logits
     tiny.set_grad_checkpointing(False)
     assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_dfl_quality_and_no_object_heads_start_at_the_tokens_own_cell():
+    torch.manual_seed(0)
+    model = create_detector(ModelConfig(name="tiny-vit-minilm", feature_indices=[1], box_head="dfl", reg_max=16,
+                                        quality="iou"), training={"no_object": True})
+    out = run(model)
+    queries, cell = (64 // 8) ** 2, 1 / 8
+    assert out.box_distribution.shape == (2, queries, 4, 16) and out.token_grid == (8, 8)
+    assert out.quality_logits.shape == (2, queries) and out.no_object_logits.shape == (2, queries)
+    # bins weighted 3^-k: each side's expected distance is ~1/2 cell, so each box ~ its token's cell
+    sides = out.pred_boxes[..., 2:]
+    assert torch.allclose(sides, torch.full_like(sides, cell), atol=0.1 * cell)
+    centres = torch.stack(torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")[::-1], -1).reshape(-1, 2)
+    assert torch.allclose(out.pred_boxes[0, :, :2], (centres + 0.5) * cell, atol=0.05 * cell)
+    matcher_input = out.as_matcher_input(torch.ones(2, 5, dtype=torch.bool))
+    assert matcher_input["token_grid"].tolist() == [8, 8] and "box_distribution" in matcher_input
+
+
+def test_multiscale_training_is_refused_for_a_vit_tower():
+    from types import SimpleNamespace
+
+    from ovdet.config import LoaderConfig
+    from ovdet.errors import OvdetError
+    from ovdet.train.trainer import check_input_sizes
+
+    vit = create_detector(TINY)
+    assert vit.accepts_any_input_size is False
+    with pytest.raises(OvdetError, match=r"loader\.multiscale_sizes needs an image tower that takes any input size"):
+        check_input_sizes(vit, LoaderConfig(multiscale_sizes=[64, 96]))
+    check_input_sizes(vit, LoaderConfig())
+    check_input_sizes(SimpleNamespace(accepts_any_input_size=True, spec={}), LoaderConfig(multiscale_sizes=[64, 96]))

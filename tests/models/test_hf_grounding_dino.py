@@ -75,7 +75,7 @@ def test_predict_processed_equals_max_of_transformers_token_logits(folders, pil_
     assert ours.pred_logits.shape == (2, detector.hf.config.num_queries, 3)
     assert torch.allclose(ours.pred_logits, expected, atol=1e-5)
     assert torch.allclose(ours.pred_boxes, outputs.pred_boxes, atol=1e-6)
-    assert ours.objectness_logits is None and ours.logit_parts is None
+    assert ours.quality_logits is None and ours.logit_parts is None
 
 
 def test_boxes_and_scores_equal_transformers_post_processing(folders, pil_images):

@@ -56,9 +56,9 @@ def test_forward_equals_the_transformers_module(folders, kind, size):
     torch.testing.assert_close(output.pred_logits, expected.logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(output.pred_boxes, expected.pred_boxes, atol=1e-6, rtol=0)
     if kind == "owlv2":
-        torch.testing.assert_close(output.objectness_logits, expected.objectness_logits, atol=1e-6, rtol=0)
+        torch.testing.assert_close(output.quality_logits, expected.objectness_logits, atol=1e-6, rtol=0)
     else:
-        assert output.objectness_logits is None
+        assert output.quality_logits is None
     shift, scale = output.logit_parts["logit_shift"], output.logit_parts["logit_scale"]
     torch.testing.assert_close((output.logit_parts["region_similarity"] + shift) * scale, output.pred_logits)
 
@@ -147,6 +147,38 @@ def test_trainable_towers_and_the_training_forward(folders, kind):
     assert all(p.grad is not None for _, p in groups["image"] + groups["heads"])
     state = detector.state_dict()
     assert state and all(key.startswith("hf.") for key in state)
+
+
+def test_owlv2_objectness_trains_as_the_quality_score_and_grid_assigners_apply(folders):
+    from ovdet.config import LossConfig, ModelConfig
+    from ovdet.train.task import DetectionTask
+
+    name = "hf:" + str(folders["owlv2"])
+    detector = create_detector(ModelConfig(name=name, quality="objectness"), input_size=32)
+    heads = [name for name, _ in detector.parameter_groups_by_tower()["heads"]]
+    assert any(name.startswith("hf.objectness_head.") for name in heads)
+    task = DetectionTask(detector, LossConfig(assigner="atss"))
+    batch = {"images": torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), "texts": [["cat", "dog"], ["car"]],
+             "labels": [torch.tensor([0]), torch.tensor([0])], "boxes": [torch.tensor([[0.5, 0.5, 0.5, 0.5]])] * 2,
+             "image_labels": [torch.zeros(0, dtype=torch.long)] * 2, "has_boxes": torch.tensor([True, True])}
+    total, losses = task(batch)
+    total.backward()
+    assert losses["loss_quality"] > 0 and "loss_dfl" not in losses
+    assert all(p.grad is not None for n, p in detector.named_parameters() if n.startswith("hf.objectness_head."))
+
+
+@pytest.mark.parametrize("quality, kind, message", [
+    ("centerness", "owlv2", r"model\.quality=centerness: hf:.* \(owlv2\) has no such head; it can train: none, objectness"),
+    ("objectness", "owlvit", r"model\.quality=objectness: hf:.* \(owlvit\) has no such head; it can train: none"),
+])
+def test_quality_scores_a_transformers_model_has_no_head_for_are_refused(folders, quality, kind, message):
+    from ovdet.config import ModelConfig
+    from ovdet.errors import OvdetError
+
+    with pytest.raises(OvdetError, match=message):
+        create_detector(ModelConfig(name="hf:" + str(folders[kind]), quality=quality))
+    with pytest.raises(OvdetError, match=r"model\.box_head=dfl needs an ovdet head"):
+        create_detector(ModelConfig(name="hf:" + str(folders[kind]), box_head="dfl"))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -14,7 +14,7 @@ from ovdet.models.factory import build_clip
 from ovdet.models.posembed import fit_vit_to_input_size
 from ovdet.train.task import DetectionTask
 
-HEADS = {"head_width": 32, "feature_indices": [1], "objectness": False, "prior_probability": 0.01,
+HEADS = {"head_width": 32, "feature_indices": [1], "prior_probability": 0.01,
          "text_chunk_size": 256}
 TINY_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 # ViT-B/16's patch and native grid (224 px, 14x14 patches) with 2 narrow layers: fast on CPU.

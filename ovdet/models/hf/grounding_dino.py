@@ -205,7 +205,7 @@ class GroundingDinoDetector(HFDetectorBase):
         outputs = [self.run_round(pixel_values, pixel_mask, [c[k] if k < len(c) else None for c in chunks_per_image],
                                   num_texts) for k in range(rounds)]  # fmt: skip
         logits, boxes, hidden = (torch.cat(parts, dim=1) for parts in zip(*outputs, strict=True))
-        return DetectorOutput(pred_logits=logits, pred_boxes=boxes, objectness_logits=None, class_embeds=hidden,
+        return DetectorOutput(pred_logits=logits, pred_boxes=boxes, quality_logits=None, class_embeds=hidden,
                               logit_parts=None)  # fmt: skip
 
     def predict(self, images: torch.Tensor, texts: list[list[str]]) -> tuple[DetectorOutput, torch.Tensor]:

@@ -3,8 +3,9 @@
 Texts are embedded once by the text tower (``encode_texts``, cached while it is frozen) and scored
 against every patch token by OWL's class head, so the whole ovdet text path (padded text lists,
 prompt ensembling, synonyms) applies unchanged. The forward is the module's own: image embedder,
-class head, box head with its grid bias, and for OWLv2 the objectness head (returned, not used in
-the score, as ``transformers``' post-processing does). The class head is evaluated here from its
+class head, box head with its grid bias, and for OWLv2 the objectness head (returned as the quality
+logit; trained, and combined into ovdet's scores, only with ``model.quality=objectness``:
+``transformers``' post-processing never uses it). The class head is evaluated here from its
 own layers so the criterion also gets the logit's factors (similarity, shift, scale).
 """
 
@@ -23,6 +24,8 @@ from ovdet.models.text import embed_text_lists
 
 
 class OwlDetector(HFDetectorBase):
+    has_token_grid = True  # one query per patch token, row-major (OWL's box bias grid)
+
     def __init__(self, module, processor, spec: dict[str, Any]):
         super().__init__(module, processor, spec, native_size=module.config.vision_config.image_size)
         self.is_v2 = module.config.model_type == "owlv2"
@@ -51,11 +54,13 @@ class OwlDetector(HFDetectorBase):
         super().set_trainable(train_text, train_image)
         self.text_frozen = not train_text
         self.cache.clear()
-        # never in a detection loss: CLIP's image-text scale and image projection, and (until a loss
-        # trains it) OWLv2's objectness head; a trainable parameter without a gradient only costs
+        # never in a detection loss: CLIP's image-text scale and image projection, and OWLv2's
+        # objectness head unless loss_quality trains it (model.quality=objectness); a trainable
+        # parameter without a gradient only costs
+        trains_objectness = self.spec.get("quality", "none") == "objectness"
         for name, param in self.named_parameters():
             if name.endswith(".logit_scale") and "class_head" not in name or ".visual_projection." in name \
-                    or name.startswith("hf.objectness_head."):
+                    or name.startswith("hf.objectness_head.") and not trains_objectness:
                 param.requires_grad_(False)
 
     def train(self, mode: bool = True):
@@ -110,7 +115,7 @@ class OwlDetector(HFDetectorBase):
         logits, class_embeds, parts = self.class_logits(tokens, text_embeds.to(tokens.dtype), text_mask)
         boxes = self.hf.box_predictor(tokens, feature_map, interpolate_pos_encoding=interpolate)
         objectness = self.hf.objectness_predictor(tokens) if self.is_v2 else None
-        return DetectorOutput(logits, boxes, objectness, class_embeds, parts)
+        return DetectorOutput(logits, boxes, objectness, class_embeds, parts, token_grid=(height, width))
 
     def class_logits(self, tokens: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor):
         """OWL's ``ClassPredictionHead.forward`` from its own layers, keeping the factors."""
