@@ -8,6 +8,11 @@ ranks and DataLoader workers never see the same sample, and augmentation is seed
 so the result does not depend on how the batch is split. The loader's whole state is the
 number of global samples consumed: saving and restoring it resumes exactly. A sample's texts are
 its positives, then negatives from its source's pool (LVIS federated images: its verified-absent names).
+
+Augmentation (``ovdet.data.augment``, docs/augmentation.md; off by default, and then the samples are
+those of before it existed): multi-scale sizes drawn per global batch, Mosaic and MixUp with partners
+drawn from k's block of the stream, HSV jitter. They draw from streams of their own, seeded by (seed, k)
+or (seed, global batch), and leave the sample's own draws as they were: the state above still resumes exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +31,17 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ovdet.config import LoaderConfig
+from ovdet.data.augment import (
+    augment_rng,
+    batch_input_size,
+    blend,
+    hsv_jitter,
+    merge_texts,
+    mosaic_centre,
+    mosaic_offset,
+    paste,
+    place_boxes,
+)
 from ovdet.data.letterbox import boxes_to_letterbox, letterbox, stretch
 from ovdet.data.prompts import prompt_name, prompt_texts
 from ovdet.data.records import Record
@@ -97,12 +113,18 @@ class MixedSampleStream:
         return out
 
 
-class ShardSampleDataset(Dataset):
-    """Random access to shard samples by global stream index (see module docstring)."""
+PARTNER_DRAWS = 32  # stream draws per Mosaic/MixUp partner before the sample stays as it is
 
-    def __init__(self, sets: list[ShardSet], cfg: LoaderConfig):
+
+class ShardSampleDataset(Dataset):
+    """Random access to shard samples by global stream index (see module docstring).
+    ``global_batch_size`` (batch_size x world_size) ties multi-scale sizes to global batches."""
+
+    def __init__(self, sets: list[ShardSet], cfg: LoaderConfig, global_batch_size: int | None = None):
         self.sets = sets
         self.cfg = cfg
+        self.global_batch_size = global_batch_size or cfg.batch_size
+        self.has_boxes = [s.kind != "image_text" for s in sets]
         self.locations: list[list[tuple[Path, SampleLocation]]] = [
             [(shard, loc) for shard in s.shards for loc in index_tar(shard)] for s in sets
         ]
@@ -128,34 +150,184 @@ class ShardSampleDataset(Dataset):
         set_index, sample_index = self.stream.locate(k)
         jpeg, record = self.read(set_index, sample_index)
         rng = np.random.default_rng([self.cfg.seed, 7, k])
-        return build_sample(jpeg, record, self.pools[set_index], self.cfg, rng)
+        size = self.input_size(k)
+        if not is_augmenting(self.cfg):
+            return build_sample(jpeg, record, self.pools[set_index], self.cfg, rng, size)
+        return self.augmented_sample(k, jpeg, record, self.pools[set_index], rng, size)
+
+    def input_size(self, k: int) -> int:
+        if not self.cfg.multiscale_sizes:
+            return self.cfg.image_size
+        return batch_input_size(self.cfg.multiscale_sizes, self.cfg.seed, k, self.global_batch_size)
+
+    def augmented_sample(
+        self, k: int, jpeg: bytes, record: Record, pool: list[str], rng, size: int
+    ) -> dict[str, Any]:
+        """``build_sample`` plus Mosaic, MixUp (samples with boxes only) and HSV jitter, each drawn
+        from k's augmentation stream; the sample's own ``rng`` draws as in ``build_sample``."""
+        cfg, augment = self.cfg, augment_rng(self.cfg.seed, k)
+        chances = [cfg.mosaic_probability, cfg.mixup_probability, cfg.photometric_probability]
+        is_mosaic, is_mixup, is_photometric = (augment.random(3) < chances).tolist()
+        part = render_part(jpeg, record, cfg, size, rng)
+        if is_mosaic and record.kind != "image_text":
+            part = self.mosaic(part, k, augment, size)
+        if is_mixup and record.kind != "image_text":
+            part = self.mixup(part, k, augment, size)
+        texts = texts_of_part(part, pool, cfg, rng)
+        pixels = hsv_jitter(part.pixels, cfg.hsv_gains, augment) if is_photometric else part.pixels
+        return sample_of_part(part, pixels, texts)
+
+    def has_boxes_at(self, k: int) -> bool:
+        return self.has_boxes[self.stream.locate(k)[0]]
+
+    def partners(self, k: int, rng, count: int) -> list[int]:
+        """``count`` stream indices other than ``k`` whose samples have boxes, uniform over k's
+        block (the weighted mix: source weights hold); [] when ``PARTNER_DRAWS`` draws per partner
+        find too few (a stream of nearly only image-text samples)."""
+        start, found = k - k % self.stream.block_size, []
+        for _ in range(PARTNER_DRAWS * count):
+            j = start + int(rng.integers(self.stream.block_size))
+            if j != k and self.has_boxes_at(j):
+                found.append(j)
+                if len(found) == count:
+                    return found
+        return []
+
+    def render_at(self, j: int, rng, size: int) -> Part:
+        jpeg, record = self.read(*self.stream.locate(j))
+        return render_part(jpeg, record, self.cfg, size, rng)
+
+    def mosaic(self, part: Part, k: int, rng, size: int) -> Part:
+        """``part`` and three partners on a 2x2 layout (``mosaic_of``); ``part`` alone when none are found."""
+        partners = self.partners(k, rng, 3)
+        if not partners:
+            return part
+        return mosaic_of([part, *(self.render_at(j, rng, size) for j in partners)], size, rng)
+
+    def mixup(self, part: Part, k: int, rng, size: int) -> Part:
+        """``part`` blended with a partner's image by a Beta(mixup_alpha, mixup_alpha) ratio (YOLOv5),
+        with the boxes and positive texts of both."""
+        partners = self.partners(k, rng, 1)
+        if not partners:
+            return part
+        other = self.render_at(partners[0], rng, size)
+        ratio = rng.beta(self.cfg.mixup_alpha, self.cfg.mixup_alpha)
+        pixels = blend(part.pixels, other.pixels, ratio)
+        return merge_parts([part, other], pixels, [part.boxes, other.boxes], [part.labels, other.labels])
 
 
-def build_sample(jpeg: bytes, record: Record, pool: list[str], cfg: LoaderConfig, rng) -> dict[str, Any]:
-    """Decode + augment one record and build its text list (positives first, then negatives from
-    ``pool``, the distinct texts of its source's manifest names: ``texts_of``)."""
+def is_augmenting(cfg: LoaderConfig) -> bool:
+    """Whether samples take the augmented path (multi-scale alone does not: it only sets the size)."""
+    return max(cfg.mosaic_probability, cfg.mixup_probability, cfg.photometric_probability) > 0
+
+
+@dataclass
+class Part:
+    """One record on a ``size`` canvas, or several merged by Mosaic or MixUp: a sample before its texts.
+
+    Attributes:
+        pixels: [S, S, 3] uint8 canvas.
+        extent: ``(w, h)`` of the image at the canvas's top-left (the rest is padding); S x S when merged.
+        boxes: [N, 4] normalized cxcywh of the canvas.
+        labels: [N] index of each box's text in ``positives``.
+        positives: the distinct positive texts.
+        records: the records shown, the sample's own first.
+    """
+
+    pixels: np.ndarray
+    extent: tuple[int, int]
+    boxes: torch.Tensor
+    labels: list[int]
+    positives: list[str]
+    records: list[Record]
+
+
+def build_sample(
+    jpeg: bytes, record: Record, pool: list[str], cfg: LoaderConfig, rng, size: int | None = None
+) -> dict[str, Any]:
+    """Decode + augment one record on a ``size`` canvas (default ``cfg.image_size``) and build its
+    text list (positives first, then negatives from ``pool``, the distinct texts of its source's
+    manifest names: ``texts_of``)."""
+    part = render_part(jpeg, record, cfg, size or cfg.image_size, rng)
+    return sample_of_part(part, part.pixels, texts_of_part(part, pool, cfg, rng))
+
+
+def render_part(jpeg: bytes, record: Record, cfg: LoaderConfig, size: int, rng) -> Part:
+    """Decode, scale-jitter, flip and fit (``cfg.resize``) one record onto a ``size`` canvas."""
     scale_factor = rng.uniform(cfg.min_scale, 1.0)
     flip = bool(rng.random() < cfg.hflip_probability)
     fit = stretch if cfg.resize == "stretch" else letterbox
-    pixels, scale = fit(Image.open(io.BytesIO(jpeg)), cfg.image_size, scale_factor, flip)
+    image = Image.open(io.BytesIO(jpeg))
+    width, height = image.size  # before fit: its draft mode shrinks the image in place
+    pixels, scale = fit(image, size, scale_factor, flip)
     positives, box_labels, keep = positives_of(record)
     boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)[keep]
     flip_width = record.width * np.ravel(scale)[0] if flip else None
-    boxes = boxes_to_letterbox(boxes, scale, cfg.image_size, flip_width)
-    negatives = negatives_of(record, positives, pool, cfg, rng)
-    texts = apply_templates(positives + negatives, record.kind, cfg, rng)
+    boxes = boxes_to_letterbox(boxes, scale, size, flip_width)
+    return Part(pixels, resized_extent(width, height, scale), boxes, box_labels, positives, [record])
+
+
+def resized_extent(width: int, height: int, scale: float | np.ndarray) -> tuple[int, int]:
+    """The image's size on the canvas, as ``letterbox`` (one ``scale``) and ``stretch`` (per axis)
+    round it."""
+    scale_x, scale_y = (scale, scale) if np.ndim(scale) == 0 else np.ravel(scale)[:2]
+    return max(1, round(width * scale_x)), max(1, round(height * scale_y))
+
+
+def texts_of_part(part: Part, pool: list[str], cfg: LoaderConfig, rng) -> list[str]:
+    """Positives, then negatives for every record shown (``negatives_of``), in prompt templates;
+    a merged part's negatives are templated as its first record's kind says."""
+    negatives = negatives_of(part.records, part.positives, pool, cfg, rng)
+    phrases = set().union(*(positives_of(r)[0] for r in part.records if r.kind == "grounding"))
+    is_phrase = [text in phrases for text in part.positives]
+    is_phrase += [part.records[0].kind == "grounding"] * len(negatives)
+    return apply_templates(part.positives + negatives, is_phrase, cfg, rng)
+
+
+def sample_of_part(part: Part, pixels: np.ndarray, texts: list[str]) -> dict[str, Any]:
+    """The sample dict of the batch contract; key and kind are the sample's own record's."""
+    record = part.records[0]
     is_image_text = record.kind == "image_text"
+    image_labels = torch.arange(len(part.positives)) if is_image_text else torch.zeros(0, dtype=torch.long)
     return {
         # numpy's transpose copy: torch's permute().contiguous() on uint8 is ~100x slower with >1 thread
         "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
         "texts": texts,
-        "labels": torch.as_tensor(box_labels, dtype=torch.long),
-        "boxes": boxes,
-        "image_labels": torch.arange(len(positives)) if is_image_text else torch.zeros(0, dtype=torch.long),
+        "labels": torch.as_tensor(part.labels, dtype=torch.long),
+        "boxes": part.boxes,
+        "image_labels": image_labels,
         "has_boxes": not is_image_text,
         "key": record.key,
         "kind": record.kind,
     }
+
+
+def mosaic_of(parts: list[Part], size: int, rng) -> Part:
+    """Four parts around a random centre of a ``size`` canvas, in random quadrants (YOLOv5's
+    ``load_mosaic`` without its affine step); boxes moved and clipped, the hidden ones dropped
+    (``place_boxes``)."""
+    centre, positions = mosaic_centre(size, rng), rng.permutation(4).tolist()
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    boxes, labels = [], []
+    for part, position in zip(parts, positions, strict=True):
+        width, height = part.extent
+        offset = mosaic_offset(position, part.extent, centre)
+        paste(canvas, part.pixels[:height, :width], offset)
+        placed, keep = place_boxes(part.boxes.numpy(), offset, size)
+        boxes.append(torch.from_numpy(placed[keep]))
+        labels.append([label for label, kept in zip(part.labels, keep.tolist(), strict=True) if kept])
+    return merge_parts(parts, canvas, boxes, labels)
+
+
+def merge_parts(
+    parts: list[Part], pixels: np.ndarray, boxes: list[torch.Tensor], labels: list[list[int]]
+) -> Part:
+    """``parts`` shown on one ``pixels`` canvas with their ``boxes`` [N_i, 4] (normalized cxcywh) and
+    ``labels`` on it: positives merged, labels remapped to them, records in ``parts`` order."""
+    positives, labels = merge_texts([p.positives for p in parts], labels)
+    boxes = torch.cat([b.to(torch.float32) for b in boxes]).reshape(-1, 4)
+    size = pixels.shape[0]
+    return Part(pixels, (size, size), boxes, labels, positives, [r for p in parts for r in p.records])
 
 
 def texts_of(names: list[str], kind: str) -> list[str]:
@@ -189,27 +361,40 @@ def overlaps_any(name: str, phrases: list[str]) -> bool:
     return any(f" {phrase} " in padded or padded in f" {phrase} " for phrase in phrases)
 
 
-def negatives_of(record: Record, positives: list[str], pool: list[str], cfg: LoaderConfig, rng) -> list[str]:
-    """Up to ``cfg.num_negatives`` texts, none a positive's or a crowd box's: from ``pool``, or, for a
-    record with federated labels (``meta["federated"]``), as ``federated_negatives`` says."""
-    exclude = set(positives) | set(texts_of(record.category_names, record.kind))
-    if record.meta.get("federated"):
-        return federated_negatives(record, exclude, pool, cfg, rng)
+def negatives_of(
+    records: list[Record], positives: list[str], pool: list[str], cfg: LoaderConfig, rng
+) -> list[str]:
+    """Up to ``cfg.num_negatives`` texts for an image showing ``records`` (one, or a Mosaic's or
+    MixUp's several), none a positive's or a crowd box's of any of them: from ``pool``, or, when some
+    have federated labels (``meta["federated"]``), as ``federated_negatives`` says."""
+    exclude = set(positives).union(*(texts_of(r.category_names, r.kind) for r in records))
+    federated = [r for r in records if r.meta.get("federated")]
+    if federated:
+        return federated_negatives(federated, exclude, pool, cfg, rng)
     # chunked caption phrases overlap: "red heart" is no negative for "red heart on a mat"
-    overlapping = positives if record.kind == "image_text" else []
+    overlapping = positives if records[0].kind == "image_text" else []
     return sample_negatives(pool, exclude, cfg.num_negatives, rng, overlapping)
 
 
-def federated_negatives(record: Record, exclude: set[str], pool: list[str], cfg: LoaderConfig, rng) -> list[str]:
-    """LVIS checked only some categories per image, so only the names verified absent (``record.negatives``,
-    a seeded subset beyond ``num_negatives``) are negatives: another image's category may be here unboxed.
-    ``federated_negatives: pool`` fills up from ``pool``, never with a not-exhaustive category of the image."""
-    exclude = exclude | set(prompt_texts(record.meta.get("not_exhaustive_categories", [])))
-    verified = sample_negatives(prompt_texts(record.negatives), exclude, cfg.num_negatives, rng)
+def federated_negatives(
+    records: list[Record], exclude: set[str], pool: list[str], cfg: LoaderConfig, rng
+) -> list[str]:
+    """LVIS checked only some categories per image, so only the names verified absent (``negatives``) in
+    every one of ``records`` are negatives, a seeded subset beyond ``num_negatives``: another image's
+    category may be here unboxed. ``federated_negatives: pool`` fills up from ``pool``, never with a
+    not-exhaustive category of any of them."""
+    exclude = exclude.union(*(prompt_texts(r.meta.get("not_exhaustive_categories", [])) for r in records))
+    verified = sample_negatives(verified_absent(records), exclude, cfg.num_negatives, rng)
     missing = cfg.num_negatives - len(verified)
     if cfg.federated_negatives == "verified" or missing <= 0:
         return verified
     return verified + sample_negatives(pool, exclude | set(verified), missing, rng)
+
+
+def verified_absent(records: list[Record]) -> list[str]:
+    """The prompt texts of the names verified absent in every one of ``records``, in the first's order."""
+    others = [set(prompt_texts(r.negatives)) for r in records[1:]]
+    return [text for text in prompt_texts(records[0].negatives) if all(text in o for o in others)]
 
 
 def sample_negatives(pool: list[str], exclude: set[str], count: int, rng, overlapping: list[str] = ()) -> list[str]:
@@ -220,16 +405,17 @@ def sample_negatives(pool: list[str], exclude: set[str], count: int, rng, overla
     return [candidates[i] for i in sorted(rng.choice(len(candidates), size=count, replace=False))]
 
 
-def apply_templates(texts: list[str], kind: str, cfg: LoaderConfig, rng) -> list[str]:
+def apply_templates(texts: list[str], is_phrase: list[bool], cfg: LoaderConfig, rng) -> list[str]:
     """Each text in a random prompt template with probability ``template_probability``; grounding
-    phrases never (they are already phrases of a caption). One vectorized draw per sample."""
-    if kind == "grounding" or not cfg.prompt_templates or not texts:
+    phrases (``is_phrase``) never: they are already phrases of a caption. One vectorized draw per
+    sample, none when every text is a phrase."""
+    if all(is_phrase) or not cfg.prompt_templates:
         return list(texts)
     is_templated = (rng.random(len(texts)) < cfg.template_probability).tolist()
     choices = rng.integers(len(cfg.prompt_templates), size=len(texts)).tolist()
     return [
-        cfg.prompt_templates[c].format(t) if templated else t
-        for t, templated, c in zip(texts, is_templated, choices, strict=True)
+        cfg.prompt_templates[c].format(t) if templated and not phrase else t
+        for t, templated, c, phrase in zip(texts, is_templated, choices, is_phrase, strict=True)
     ]
 
 
@@ -288,7 +474,7 @@ class TrainLoader:
     def __init__(self, shard_dirs: list[Path], cfg: LoaderConfig, rank: int = 0, world_size: int = 1):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.sets = open_shard_sets(shard_dirs, cfg)
-        self.dataset = ShardSampleDataset(self.sets, cfg)
+        self.dataset = ShardSampleDataset(self.sets, cfg, self.global_batch_size)
         self.batches_consumed = 0
 
     def iterate(self, num_batches: int):
