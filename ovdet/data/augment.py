@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ovdet.ops.boxes import box_xyxy_to_cxcywh_array
+from ovdet.ops.boxes import box_cxcywh_to_xyxy_array, box_xyxy_to_cxcywh_array
 
 # Random streams, by the tag after the seed: a sample's own stream is [seed, 7, k] (texts, scale
 # jitter, flip, as before augmentation existed, so turning these on leaves its draws unchanged)
@@ -68,20 +68,13 @@ def place_boxes(boxes: np.ndarray, offset: tuple[int, int], size: int) -> tuple[
     the mosaic's -> ``(boxes, keep)``: [N, 4] normalized cxcywh of the mosaic's canvas, clipped to it,
     and the [N] mask of boxes that stay visible enough to train on (``MIN_VISIBLE_FRACTION`` of their
     area, ``MIN_VISIBLE_SIDE`` px of each side)."""
-    moved = cxcywh_to_xyxy_array(boxes) * size + np.array([*offset, *offset], dtype=boxes.dtype)
+    moved = box_cxcywh_to_xyxy_array(boxes) * size + np.array([*offset, *offset], dtype=boxes.dtype)
     clipped = np.clip(moved, 0, size)
     width, height = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
     area = (moved[:, 2] - moved[:, 0]) * (moved[:, 3] - moved[:, 1])
     keep = (width >= MIN_VISIBLE_SIDE) & (height >= MIN_VISIBLE_SIDE)
     keep &= width * height >= MIN_VISIBLE_FRACTION * area
     return box_xyxy_to_cxcywh_array(clipped) / size, keep
-
-
-def cxcywh_to_xyxy_array(boxes: np.ndarray) -> np.ndarray:
-    """(N, 4) cxcywh -> (N, 4) xyxy, numpy: the inverse of ``ovdet.ops.boxes.box_xyxy_to_cxcywh_array``
-    (the torch one would load torchvision into every DataLoader worker for a handful of boxes)."""
-    cx, cy, w, h = boxes.T
-    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
 
 
 def blend(first: np.ndarray, second: np.ndarray, ratio: float) -> np.ndarray:

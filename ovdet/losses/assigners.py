@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from ovdet.ops.boxes import box_cxcywh_to_xyxy
+from ovdet.ops.boxes import batched_box_iou, box_cxcywh_to_xyxy
 
 ONE_TO_MANY = ("max_iou", "atss", "tal", "simota")
 
@@ -352,18 +352,6 @@ def check_labels(labels: Tensor, is_target: Tensor, num_texts: int, text_mask: T
             f"assigner: image {b} target {i} has label {labels[b, i].item()}, not one of its {num_texts} "
             "texts or a padded text"
         )
-
-
-def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """[..., N, 4] xyxy, [..., M, 4] xyxy -> [..., N, M] IoU; leading dims broadcast ([N, 4] with
-    [B, M, 4] gives [B, N, M]). A pair of empty boxes has IoU 0, not NaN. Works on coordinate planes
-    (..., n, m), not on (..., n, m, 2) corner pairs: twice as fast on the CPU."""
-    x1a, y1a, x2a, y2a = (c[..., :, None] for c in boxes1.unbind(-1))  # (..., n, 1) each
-    x1b, y1b, x2b, y2b = (c[..., None, :] for c in boxes2.unbind(-1))  # (..., 1, m) each
-    inter_w = (torch.min(x2a, x2b) - torch.max(x1a, x1b)).clamp(min=0)  # (..., n, m)
-    inter = inter_w * (torch.min(y2a, y2b) - torch.max(y1a, y1b)).clamp(min=0)  # (..., n, m)
-    union = (x2a - x1a) * (y2a - y1a) + (x2b - x1b) * (y2b - y1b) - inter  # (..., n, m)
-    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
 
 
 def center_offsets(problem: AssignmentProblem) -> tuple[Tensor, Tensor]:

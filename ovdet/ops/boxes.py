@@ -39,6 +39,13 @@ def box_xyxy_to_cxcywh_array(boxes: np.ndarray) -> np.ndarray:
     return np.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=1)
 
 
+def box_cxcywh_to_xyxy_array(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4) cxcywh -> (N, 4) xyxy, numpy: the inverse of ``box_xyxy_to_cxcywh_array``
+    (the torch one would load torchvision into every DataLoader worker for a handful of boxes)."""
+    cx, cy, w, h = boxes.T
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+
+
 def box_xyxy_to_xywh(boxes: Tensor) -> Tensor:
     """(..., 4) xyxy -> (..., 4) xywh (COCO)."""
     from torchvision.ops import box_convert
@@ -66,6 +73,20 @@ def clip_boxes_xyxy(boxes: Tensor, width: float, height: float) -> Tensor:
 def box_area(boxes: Tensor) -> Tensor:
     """(..., 4) xyxy -> (...) area. torchvision's ``box_area`` takes only [N, 4]."""
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """[..., N, 4] xyxy, [..., M, 4] xyxy -> [..., N, M] IoU; leading dims broadcast ([N, 4] with
+    [B, M, 4] gives [B, N, M]). A pair of empty boxes has IoU 0, not NaN. Works on coordinate planes
+    (..., n, m), not on (..., n, m, 2) corner pairs: twice as fast on the CPU."""
+    import torch
+
+    x1a, y1a, x2a, y2a = (c[..., :, None] for c in boxes1.unbind(-1))  # (..., n, 1) each
+    x1b, y1b, x2b, y2b = (c[..., None, :] for c in boxes2.unbind(-1))  # (..., 1, m) each
+    inter_w = (torch.min(x2a, x2b) - torch.max(x1a, x1b)).clamp(min=0)  # (..., n, m)
+    inter = inter_w * (torch.min(y2a, y2b) - torch.max(y1a, y1b)).clamp(min=0)  # (..., n, m)
+    union = (x2a - x1a) * (y2a - y1a) + (x2b - x1b) * (y2b - y1b) - inter  # (..., n, m)
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
 
 
 def batched_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:

@@ -31,7 +31,6 @@ from test_loader import (
 from ovdet.config import LoaderConfig, load_config
 from ovdet.data.augment import (
     blend,
-    cxcywh_to_xyxy_array,
     hsv_jitter,
     merge_texts,
     mosaic_offset,
@@ -48,6 +47,7 @@ from ovdet.data.loader import (
 )
 from ovdet.data.records import Phrase, Record
 from ovdet.errors import OvdetError
+from ovdet.ops.boxes import box_cxcywh_to_xyxy_array
 
 ALL_ON = {"mosaic_probability": 0.5, "mixup_probability": 0.5, "photometric_probability": 0.5,
           "multiscale_sizes": [32, 64], "min_scale": 0.5}  # fmt: skip
@@ -163,7 +163,7 @@ def test_a_global_batch_shares_one_input_size_across_ranks_and_the_size_varies(w
     assert sizes[0] == sizes[1] and len(set(sizes[0])) > 1 and set(sizes[0]) <= {32, 64, 96}
     assert all(b["images"].shape[-2] == b["images"].shape[-1] for b in per_rank[0])
     boxes = torch.cat([box for b in per_rank[0] for box in b["boxes"]])
-    corners = cxcywh_to_xyxy_array(boxes.numpy())
+    corners = box_cxcywh_to_xyxy_array(boxes.numpy())
     assert len(boxes) and corners.min() >= -1e-6 and corners.max() <= 1 + 1e-6
 
 
@@ -191,8 +191,8 @@ def test_placed_boxes_are_clipped_and_dropped_when_mostly_cut_off():
                       corners[:, 2] - corners[:, 0], corners[:, 3] - corners[:, 1]], axis=1) / 64  # fmt: skip
     placed = [place_boxes(box[None], offset, 64) for box, offset in zip(boxes, offsets, strict=True)]
     assert [bool(keep[0]) for _, keep in placed] == [True, False, True, False, False]
-    np.testing.assert_allclose(cxcywh_to_xyxy_array(placed[0][0]) * 64, [[0, 0, 2.5, 10]])
-    np.testing.assert_allclose(cxcywh_to_xyxy_array(placed[2][0]) * 64, [[58, 58, 64, 64]])
+    np.testing.assert_allclose(box_cxcywh_to_xyxy_array(placed[0][0]) * 64, [[0, 0, 2.5, 10]])
+    np.testing.assert_allclose(box_cxcywh_to_xyxy_array(placed[2][0]) * 64, [[58, 58, 64, 64]])
 
 
 PALETTE = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255)]
@@ -232,7 +232,7 @@ def assert_boxes_cover_exactly_their_colour(sample: dict, size: int) -> None:
     every patch of that colour lies in the boxes of that name, but for the slivers of boxes dropped
     at the canvas's edge (images are cropped by the canvas only: each stays in its quadrant)."""
     image = sample["image"].permute(1, 2, 0).numpy().astype(int)
-    boxes = cxcywh_to_xyxy_array(sample["boxes"].double().numpy()) * size
+    boxes = box_cxcywh_to_xyxy_array(sample["boxes"].double().numpy()) * size
     names = [sample["texts"][label] for label in sample["labels"].tolist()]
     for name in set(names):
         own = boxes[[n == name for n in names]]

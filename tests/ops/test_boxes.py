@@ -125,3 +125,26 @@ def test_array_conversion_equals_torchvision_bit_for_bit():
     converted = box_xyxy_to_cxcywh_array(boxes.numpy())
     assert converted.dtype == np.float32
     assert torch.equal(torch.from_numpy(converted), box_convert(boxes, "xyxy", "cxcywh"))
+
+
+def test_batched_box_iou_equals_torchvision_per_batch_item_and_broadcasts():
+    from ovdet.ops.boxes import batched_box_iou
+
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(3, 7, 2, 2, generator=generator).sort(dim=2).values
+    boxes1 = corners.transpose(2, 3).reshape(3, 7, 4)[..., [0, 2, 1, 3]]  # x1 y1 x2 y2 from sorted pairs
+    boxes2 = boxes1.flip(1)[:, :5]
+    iou = batched_box_iou(boxes1, boxes2)
+    for b in range(3):
+        torch.testing.assert_close(iou[b], box_iou(boxes1[b], boxes2[b]))
+    broadcast = torch.stack([box_iou(boxes1[0], boxes2[b]) for b in range(3)])  # [N, 4] with [B, M, 4]
+    torch.testing.assert_close(batched_box_iou(boxes1[0], boxes2), broadcast)
+    assert batched_box_iou(torch.zeros(1, 4), torch.zeros(1, 4)).item() == 0.0  # empty pair: 0, not NaN
+
+
+def test_numpy_cxcywh_to_xyxy_inverts_xyxy_to_cxcywh():
+    from ovdet.ops.boxes import box_cxcywh_to_xyxy_array
+
+    xyxy = np.array([[0.1, 0.2, 0.5, 0.9], [0.0, 0.0, 1.0, 1.0]], dtype=np.float32)
+    np.testing.assert_allclose(box_cxcywh_to_xyxy_array(box_xyxy_to_cxcywh_array(xyxy)), xyxy, atol=1e-7)
+    assert box_cxcywh_to_xyxy_array(xyxy).dtype == np.float32

@@ -7,8 +7,9 @@ import pytest
 from train_runs import describe, final_weights, max_abs_difference, metrics, run_train
 
 TOLERANCE = 1e-4  # relative; the ranks encode text subsets, so float sums differ slightly
-# Every term is a per-rank sum divided by an all-reduced count (boxes, matches, caption positives).
-GLOBALLY_NORMALIZED = ("loss_labels", "loss_bbox", "loss_giou", "loss_contrastive", "loss_image")
+# Every term is a per-rank sum divided by an all-reduced count (positives, caption positives).
+GLOBALLY_NORMALIZED = ("loss_labels", "loss_l1", "loss_smooth_l1", "loss_iou", "loss_giou", "loss_diou", "loss_ciou",
+                       "loss_contrastive", "loss_image")
 
 
 @pytest.fixture(scope="module")
