@@ -3,7 +3,7 @@
 The format is in the name: ``xyxy`` (corners), ``xywh`` (top-left corner and size: COCO),
 ``cxcywh`` (centre and size: the detector's normalized output). Tensor functions take ``(..., 4)``
 and are thin over ``torchvision.ops``; only what torchvision lacks is written here (``box_area``
-and GIoU over leading dims). Call torchvision directly for what it already names well
+and the matcher's fused L1 + GIoU cost). Call torchvision directly for what it already names well
 (``box_iou``, ``generalized_box_iou``, ``batched_nms``, ``remove_small_boxes``).
 
 Two conversions work on other containers, with torchvision's arithmetic (the same floats out):
@@ -89,23 +89,31 @@ def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
 
 
-def batched_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """[B, N, 4] xyxy, [B, M, 4] xyxy -> [B, N, M] GIoU between the boxes of the same batch item.
+def cxcywh_l1_and_giou(pred_boxes: Tensor, target_boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """L1 distance and GIoU [N, Q] between cxcywh boxes given coordinate first: pred_boxes
+    [4, 1 or N, Q], target_boxes [4, N, 1].
 
-    Any number of leading dims works ([N, 4], [M, 4] gives torchvision's [N, M]). Boxes must have
-    positive area; degenerate pairs give NaN as in torchvision.
+    Both come from the same per-axis differences, so they share them. On one axis, with c the
+    centre offset, d the half-size difference and s the sum of the half-sizes, the corners differ
+    by c - d and c + d, so ``min(a, b) = (a + b - |a - b|) / 2`` and ``|c - d| + |c + d| =
+    2 max(|c|, |d|)`` make the intersection side ``max(s - max(|c|, |d|), 0)`` and the enclosing
+    side ``s + max(|c|, |d|)``; the axis adds ``|c| + 2 |d|`` to the L1 distance (cxcywh).
     """
     import torch
 
-    pairs1, pairs2 = boxes1[..., :, None, :], boxes2[..., None, :, :]  # (..., n, 1, 4), (..., 1, m, 4)
-    inter_lt = torch.max(pairs1[..., :2], pairs2[..., :2])  # (..., n, m, 2)
-    inter_rb = torch.min(pairs1[..., 2:], pairs2[..., 2:])  # (..., n, m, 2)
-    inter_wh = (inter_rb - inter_lt).clamp(min=0)
-    inter = inter_wh[..., 0] * inter_wh[..., 1]  # (..., n, m)
-    union = box_area(boxes1)[..., :, None] + box_area(boxes2)[..., None, :] - inter  # (..., n, m)
-    hull_wh = torch.max(pairs1[..., 2:], pairs2[..., 2:]) - torch.min(pairs1[..., :2], pairs2[..., :2])
-    hull = hull_wh[..., 0] * hull_wh[..., 1]  # (..., n, m)
-    return inter / union - (hull - union) / hull
+    pred_half, target_half = pred_boxes[2:] / 2, target_boxes[2:] / 2  # (2, 1|n, q), (2, n, 1)
+    centre_offset = (target_boxes[:2] - pred_boxes[:2]).abs_()  # (2, n, q)
+    half_offset = (target_half - pred_half).abs_()  # (2, n, q)
+    l1 = (centre_offset[0] + centre_offset[1]).add_(half_offset[0] + half_offset[1], alpha=2)  # (n, q)
+    half_sum = target_half + pred_half  # (2, n, q)
+    reach = torch.maximum(centre_offset, half_offset)  # (2, n, q)
+    inter_side = (half_sum - reach).clamp_(min=0)  # (2, n, q)
+    hull_side = half_sum.add_(reach)  # (2, n, q)
+    inter = inter_side[0].mul_(inter_side[1])  # (n, q)
+    hull = hull_side[0].mul_(hull_side[1])  # (n, q)
+    union = (target_boxes[2] * target_boxes[3] + pred_boxes[2] * pred_boxes[3]).sub_(inter)  # (n, q)
+    giou = inter.div_(union).add_(union.div_(hull)).sub_(1)  # iou - (hull - union) / hull
+    return l1, giou
 
 
 def grid_centers(height: int, width: int) -> Tensor:

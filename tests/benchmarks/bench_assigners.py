@@ -3,7 +3,7 @@
 Run: ``python tests/benchmarks/bench_assigners.py [--batch 32 --grid 30 --texts 80 --targets 50]``.
 The problem is a single-level ``grid x grid`` token grid (Q = 900 by default, priors of 4 cells),
 random logits, predicted boxes jittered around their priors, N random targets per image. The peer is
-the one-to-one ``HungarianMatcher()(outputs, targets)`` (batched costs, scipy per image) on the same
+the one-to-one ``HungarianMatcher()(outputs, targets)`` (per-image costs and scipy in a thread pool on the CPU) on the same
 batch: the assignment a DETR-style criterion would run instead. ``ratio`` is peer / ours (> 1: ours
 is faster). Times are medians of interleaved rounds, so a load change hits every contender alike.
 """

@@ -4,12 +4,13 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import generalized_box_iou
 
 from ovdet.config import LossConfig
 from ovdet.losses.matcher import HungarianMatcher, build_matcher
-from ovdet.ops.boxes import box_cxcywh_to_xyxy
+from ovdet.ops.boxes import box_cxcywh_to_xyxy, cxcywh_l1_and_giou
 
 
 def random_outputs(batch: int, queries: int, texts: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -57,6 +58,44 @@ def detr_reference_indices(matcher: HungarianMatcher, outputs, targets):
     return [linear_sum_assignment(block) for block in blocks], blocks
 
 
+def per_image_reference_indices(matcher: HungarianMatcher, outputs, targets):
+    """The straightforward loop: each image's cost [Q, N_b] from torch.cdist and torchvision's GIoU,
+    then scipy on it, one image after the other."""
+    alpha, gamma = matcher.focal_alpha, matcher.focal_gamma
+    indices = []
+    for b, target in enumerate(targets):
+        logits = outputs["pred_logits"][b][:, target["labels"]].float()  # (q, n)
+        prob = logits.sigmoid()
+        pos = alpha * (1 - prob) ** gamma * F.softplus(-logits)
+        neg = (1 - alpha) * prob**gamma * F.softplus(logits)
+        pred_boxes, target_boxes = outputs["pred_boxes"][b].float(), target["boxes"].float()
+        cost_bbox = torch.cdist(pred_boxes, target_boxes, p=1)
+        cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes))
+        cost = (
+            matcher.cost_class * (pos - neg) + matcher.cost_bbox * cost_bbox + matcher.cost_giou * cost_giou
+        )
+        indices.append(tuple(torch.as_tensor(i) for i in linear_sum_assignment(cost.numpy())))
+    return indices
+
+
+def random_batch(seed: int, counts: list[int], queries: int = 64, texts: int = 12):
+    outputs = random_outputs(len(counts), queries, texts, seed=seed)
+    return outputs, [random_target(n, texts, seed=1000 * seed + b) for b, n in enumerate(counts)]
+
+
+def as_lists(indices) -> list[tuple[list[int], list[int]]]:
+    return [(pred_idx.tolist(), tgt_idx.tolist()) for pred_idx, tgt_idx in indices]
+
+
+@pytest.fixture
+def two_torch_threads():
+    """The matcher runs images in worker threads only when torch has more than one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_build_matcher_reads_the_loss_config():
     matcher = build_matcher(LossConfig(cost_class=1.0, cost_bbox=3.0, cost_giou=4.0, focal_alpha=0.5))
     assert (matcher.cost_class, matcher.cost_bbox, matcher.cost_giou, matcher.focal_alpha) == (
@@ -73,7 +112,7 @@ def test_matcher_assignment_has_minimal_total_cost(seed):
     outputs = random_outputs(1, queries, texts=4, seed=seed)
     targets = [random_target(num_targets, texts=4, seed=100 + seed)]
     matcher = HungarianMatcher()
-    cost = matcher.cost_matrix(outputs, targets)[0][0]  # (q, n)
+    cost = matcher.image_cost(outputs, targets, 0).T  # (q, n)
     pred_idx, tgt_idx = matcher(outputs, targets)[0]
     brute_force = min(
         total_cost(cost, chosen, range(num_targets))
@@ -158,10 +197,67 @@ def test_matcher_matches_detr_reference_assignment():
     targets = [random_target(n, 8, seed=20 + n) for n in (6, 0, 11, 3)]
     matcher = HungarianMatcher()
     ours = matcher(outputs, targets)
-    ours_cost = matcher.cost_matrix(outputs, targets)[0]
     reference, reference_blocks = detr_reference_indices(matcher, outputs, targets)
     for b, ((pred_idx, tgt_idx), (ref_pred, ref_tgt)) in enumerate(zip(ours, reference, strict=True)):
-        n = len(targets[b]["labels"])
-        torch.testing.assert_close(ours_cost[b, :, :n], reference_blocks[b], atol=1e-5, rtol=1e-5)
+        ours_cost = matcher.image_cost(outputs, targets, b).T  # (q, n)
+        torch.testing.assert_close(ours_cost, reference_blocks[b], atol=1e-5, rtol=1e-5)
         assert pred_idx.tolist() == ref_pred.tolist()
         assert tgt_idx.tolist() == ref_tgt.tolist()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_worker_threads_give_the_per_image_reference_indices_every_time(seed, two_torch_threads):
+    counts = torch.randint(0, 40, (12,), generator=torch.Generator().manual_seed(seed)).tolist()
+    counts[seed] = 0
+    outputs, targets = random_batch(seed, counts)
+    matcher = HungarianMatcher()
+    expected = as_lists(per_image_reference_indices(matcher, outputs, targets))
+    for _ in range(5):
+        assert as_lists(matcher(outputs, targets)) == expected
+    assert torch.get_num_threads() == 2  # the workers run torch single-threaded, the caller keeps its threads
+
+
+def test_batched_costs_give_the_per_image_costs_and_indices():
+    outputs, targets = random_batch(7, [5, 0, 23, 64, 1])
+    matcher = HungarianMatcher()
+    costs = matcher.batch_costs(outputs, targets)
+    per_image = [matcher.image_cost(outputs, targets, b) for b in range(len(targets))]
+    assert costs.shape == (93, 64)
+    torch.testing.assert_close(costs, torch.cat(per_image), atol=0, rtol=0)
+    sizes = [len(t["labels"]) for t in targets]
+    assert as_lists(HungarianMatcher.assign(costs, sizes)) == as_lists(matcher(outputs, targets))
+
+
+def test_matcher_takes_bf16_outputs_that_require_grad():
+    outputs, targets = random_batch(3, [4, 9, 0])
+    low = {key: value.bfloat16().requires_grad_() for key, value in outputs.items()}
+    matcher = HungarianMatcher()
+    assert matcher.image_cost(low, targets, 1).dtype == torch.float32
+    upcast = {key: value.detach().float() for key, value in low.items()}
+    assert as_lists(matcher(low, targets)) == as_lists(matcher(upcast, targets))
+
+
+def test_cxcywh_l1_and_giou_match_cdist_and_torchvision():
+    pred = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.6, 0.1, 0.4], [0.9, 0.1, 0.05, 0.05]])  # (q, 4)
+    target = torch.tensor(
+        [[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 1.0, 1.0], [0.1, 0.9, 0.1, 0.1], [0.35, 0.6, 0.2, 0.1]]
+    )
+    l1, giou = cxcywh_l1_and_giou(pred.T[:, None, :], target.T[:, :, None])  # (n, q)
+    torch.testing.assert_close(l1, torch.cdist(target, pred, p=1))
+    torch.testing.assert_close(
+        giou, generalized_box_iou(box_cxcywh_to_xyxy(target), box_cxcywh_to_xyxy(pred))
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_matcher_on_cuda_gives_the_cpu_indices():
+    outputs, targets = random_batch(5, [3, 0, 17, 40])
+    matcher = HungarianMatcher()
+    cuda_outputs = {key: value.cuda() for key, value in outputs.items()}
+    cuda_targets = [{key: value.cuda() for key, value in target.items()} for target in targets]
+    indices = matcher(cuda_outputs, cuda_targets)
+    assert all(pred_idx.device.type == "cpu" and pred_idx.dtype == torch.int64 for pred_idx, _ in indices)
+    assert as_lists(indices) == as_lists(matcher(outputs, targets))
+    low = {key: value.bfloat16() for key, value in cuda_outputs.items()}
+    upcast = {key: value.float() for key, value in low.items()}
+    assert as_lists(matcher(low, cuda_targets)) == as_lists(matcher(upcast, cuda_targets))

@@ -7,17 +7,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torchvision
 from torchvision.ops import box_convert, box_iou, generalized_box_iou
 
 from ovdet.ops.boxes import (
-    batched_generalized_box_iou,
     box_area,
     box_cxcywh_to_xyxy,
     box_xywh_to_xyxy_list,
     box_xyxy_to_cxcywh_array,
     box_xyxy_to_xywh,
     clip_boxes_xyxy,
+    cxcywh_l1_and_giou,
 )
 
 
@@ -67,29 +66,8 @@ def test_iou_and_giou_match_hand_worked_values(box1, box2, iou, giou):
     boxes1, boxes2 = torch.tensor([box1]), torch.tensor([box2])
     assert box_iou(boxes1, boxes2).item() == pytest.approx(iou)
     assert generalized_box_iou(boxes1, boxes2).item() == pytest.approx(giou)
-    assert batched_generalized_box_iou(boxes1[None], boxes2[None]).item() == pytest.approx(giou)
-
-
-def test_giou_of_disjoint_boxes_is_negative():
-    far_apart = torch.tensor([[[0.0, 0.0, 1.0, 1.0]]]), torch.tensor([[[5.0, 5.0, 6.0, 6.0]]])
-    assert batched_generalized_box_iou(*far_apart) < 0
-
-
-def test_batched_generalized_box_iou_equals_torchvision_per_item():
-    generator = torch.Generator().manual_seed(1)
-    boxes1, boxes2 = random_xyxy(4, 7, generator=generator), random_xyxy(4, 3, generator=generator)
-    batched = batched_generalized_box_iou(boxes1, boxes2)
-    assert batched.shape == (4, 7, 3)
-    for b in range(4):
-        torch.testing.assert_close(batched[b], torchvision.ops.generalized_box_iou(boxes1[b], boxes2[b]))
-
-
-def test_batched_generalized_box_iou_on_plain_sets_is_pairwise():
-    generator = torch.Generator().manual_seed(2)
-    boxes1, boxes2 = random_xyxy(5, generator=generator), random_xyxy(6, generator=generator)
-    torch.testing.assert_close(
-        batched_generalized_box_iou(boxes1, boxes2), generalized_box_iou(boxes1, boxes2)
-    )
+    cxcywh = [box_convert(b, "xyxy", "cxcywh").T[:, :, None] for b in (boxes1, boxes2)]  # (4, 1, 1)
+    assert cxcywh_l1_and_giou(*cxcywh)[1].item() == pytest.approx(giou)  # the matcher's fused cost
 
 
 def test_clip_boxes_xyxy_clamps_to_the_image():
