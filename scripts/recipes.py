@@ -104,6 +104,10 @@ def row(name: str, what: str, outs: list[Path], overrides: list[str], folder: st
 def markdown(rows: list[dict], nms_rows: list[dict], args) -> str:
     seeds = ", ".join(map(str, args.seeds))
     command = f".venv/bin/python scripts/recipes.py --steps {args.steps} --seeds {' '.join(map(str, args.seeds))}"
+    if args.only is not None:
+        command += " --only " + " ".join(args.only)
+    if args.no_nms:
+        command += " --no-nms"
     lines = [
         "# Training recipes on the synthetic world", "",
         f"Reproduce: `{command}` (runs in `runs/recipes`, finished runs reused; about 9 minutes per run at 1200 steps "
@@ -154,6 +158,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/recipes"))
     parser.add_argument("--only", nargs="*", default=None, help="train only these recipes/variants (default: all)")
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
+    parser.add_argument("--no-nms", action="store_true", help=f"skip the NMS rows (the {NMS_RECIPE} models re-evaluated)")
     args = parser.parse_args()
     args.out, args.eval_every, args.val_images = args.out.resolve(), 0, 0
     world, shards = prepare_data(args.out)
@@ -164,7 +169,7 @@ def main() -> None:
         outs = [train_and_eval(ARM, seed, args, world, shards, name, tuple(overrides)) for seed in args.seeds]
         rows.append(row(name, what, outs, overrides))
         print(f"done: {name}", flush=True)
-        if name == NMS_RECIPE:
+        if name == NMS_RECIPE and not args.no_nms:
             for method in NMS_METHODS:
                 nms_rows.append({**row(method, "", [evaluate_with_nms(o, method, world) for o in outs], overrides,
                                        f"eval-nms-{method}"), "name": method})

@@ -396,19 +396,21 @@ def grid_priors(height: int, width: int, prior_scale: float, device: torch.devic
 
 
 def count_positives(assignments: list[Assignment]) -> float:
-    """This rank's positives, each counted by its weight (the number of positives for hard assigners)."""
-    return float(sum(a.weights.sum().item() for a in assignments))
+    """This rank's positives, each counted by its weight (the number of positives for hard
+    assigners); one host sync."""
+    return float(torch.cat([a.weights.float() for a in assignments]).sum()) if assignments else 0.0
 
 
 def softmax_weight(assignments: list[Assignment], targets: list[dict[str, Tensor]], no_object_weight: float) -> float:
     """This rank's total class weight of softmax classification: 1 per positive, ``no_object_weight``
     per other scored query (DETR's weighted mean: ``F.cross_entropy(..., weight=empty_weight)``)."""
-    total = 0.0
-    for a, target in zip(assignments, targets, strict=True):
-        if target["has_boxes"]:
-            negatives = len(a.ignored) - len(a.pred_idx) - int(a.ignored.sum())
-            total += len(a.pred_idx) + no_object_weight * negatives
-    return total
+    rows = [b for b, target in enumerate(targets) if target["has_boxes"]]
+    if not rows:
+        return 0.0
+    positives = sum(len(assignments[b].pred_idx) for b in rows)
+    ignored = int(torch.stack([assignments[b].ignored for b in rows]).sum())  # one host sync
+    queries = len(rows) * len(assignments[0].ignored)
+    return positives + no_object_weight * (queries - positives - ignored)
 
 
 def softmax_cross_entropy(

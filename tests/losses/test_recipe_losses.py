@@ -140,6 +140,9 @@ def test_softmax_classification_is_detrs_weighted_cross_entropy():
     classes = torch.tensor([2, 2, 2, 1, 2])
     expected = F.cross_entropy(reference_logits, classes, weight=torch.tensor([1.0, 1.0, 0.1]))
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    hungarian = SetCriterion(build_assignment(LossConfig()), LossConfig(classification="softmax"))
+    hungarian.assign = lambda outputs, targets: assignments  # the forward's own counts, same assignment
+    assert hungarian(outputs, targets)["loss_labels"].item() == pytest.approx(expected.item(), abs=1e-6)
 
 
 def test_soft_weights_are_the_classification_targets_and_weight_the_box_losses():
