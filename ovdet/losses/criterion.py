@@ -194,7 +194,7 @@ class SetCriterion(nn.Module):
         distribution = outputs["box_distribution"]  # (bs, q, 4, bins)
         batch_idx, query_idx = positive_query_index(assignments, distribution.device)
         height, width = outputs["token_grid"].tolist()
-        centers = grid_centers(height, width).to(distribution.device)[query_idx]  # (m, 2)
+        centers = token_centers(outputs, query_idx)  # (m, 2)
         target = box_cxcywh_to_xyxy(assigned_targets(targets, assignments, "boxes").to(centers))  # (m, 4)
         cells = side_distances(centers, target) * centers.new_tensor([width, height, width, height])  # (m, 4)
         loss = distribution_focal_loss(distribution[batch_idx, query_idx].float(), cells).mean(-1)  # (m,)
@@ -225,8 +225,7 @@ class SetCriterion(nn.Module):
         batch_idx, query_idx = positive_query_index(assignments, quality.device)
         target_boxes = box_cxcywh_to_xyxy(assigned_targets(targets, assignments, "boxes").to(quality))  # (m, 4)
         if self.quality == "centerness":
-            height, width = outputs["token_grid"].tolist()
-            centers = grid_centers(height, width).to(quality.device)[query_idx]  # (m, 2)
+            centers = token_centers(outputs, query_idx)  # (m, 2)
             target = centerness(side_distances(centers, target_boxes).clamp(min=0))  # (m,)
         else:
             pred = box_cxcywh_to_xyxy(outputs["pred_boxes"][batch_idx, query_idx].detach().float())
@@ -487,6 +486,12 @@ def box_losses(pred: Tensor, target: Tensor, smooth_l1_beta: float) -> dict[str,
         "loss_diou": distance_box_iou_loss(pred_xyxy, target_xyxy),
         "loss_ciou": complete_box_iou_loss(pred_xyxy, target_xyxy),
     }
+
+
+def token_centers(outputs: dict[str, Tensor], query_idx: Tensor) -> Tensor:
+    """[M, 2] normalized centres of the tokens ``query_idx`` of the ``token_grid``."""
+    height, width = outputs["token_grid"].tolist()
+    return grid_centers(height, width).to(query_idx.device)[query_idx]
 
 
 def side_distances(centers: Tensor, boxes_xyxy: Tensor) -> Tensor:

@@ -23,6 +23,8 @@ from torchvision.ops import batched_nms, nms
 from ovdet.ops.nms import METHODS, apply_nms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ops"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_assigners import median_ms  # noqa: E402  (one interleaved-median timer for the benchmarks)
 from test_nms import PARAMETERS, run_reference  # noqa: E402  (the references are the tests' spec)
 
 
@@ -56,19 +58,6 @@ def torchvision_peers(boxes, scores, classes) -> dict[str, tuple[str, Callable[[
         "diou": class_nms,
         "weighted": class_nms,
     }
-
-
-def median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each function; rounds interleave them so load changes hit all alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
 
 
 def checked_reference_ms(method: str, boxes, scores, classes) -> float:
