@@ -228,6 +228,14 @@ class TrainConfig:
     max_nonfinite_steps: int = 5
     seed: int = 0
     threads: int = 0  # torch intra-op threads per rank, 0 = torch's default
+    # A rank waiting in a collective longer than this raises and exits, so a hung or vanished peer
+    # cannot hold the job forever (a killed peer is seen at once: its sockets close). 1800 s is
+    # torch's own default; periodic validation and checkpoint saves must fit in it. docs/reliability.md
+    collective_timeout_s: float = 1800.0
+
+    def __post_init__(self):
+        if self.collective_timeout_s <= 0:
+            raise OvdetError(f"train.collective_timeout_s={self.collective_timeout_s}: must be positive seconds")
 
 
 @dataclass

@@ -78,9 +78,12 @@ def export_torch_env_from_slurm(default_port: int = 29500) -> None:
     os.environ.setdefault("MASTER_PORT", str(job_port))
 
 
-def init_distributed() -> None:
+def init_distributed(timeout_s: float = 1800.0) -> None:
     """Start torch.distributed (through DeepSpeed) from launcher or Slurm variables; a process
-    started without a launcher becomes a world of one on a free local port."""
+    started without a launcher becomes a world of one on a free local port. A collective that waits
+    longer than ``timeout_s`` raises (gloo; NCCL's watchdog aborts the process)."""
+    from datetime import timedelta
+
     import deepspeed
     import torch
 
@@ -89,7 +92,8 @@ def init_distributed() -> None:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     if not is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else None, verbose=False)
+        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else None, verbose=False,
+                                   timeout=timedelta(seconds=timeout_s))
 
 
 def free_port() -> int:
@@ -110,6 +114,26 @@ def sum_over_ranks(values: list[float]) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     torch_dist.all_reduce(tensor)
     return tensor.cpu().tolist()
+
+
+def from_main(compute):
+    """``compute()`` run on rank 0 only, its (picklable) result sent to every rank: one rank reads the
+    shared files and the others do not each read them again."""
+    if world_size() == 1 or not is_initialized():
+        return compute()
+    import torch.distributed as torch_dist
+
+    box = [None]
+    if is_main():
+        try:
+            box = [(compute(), None)]
+        except Exception as exc:  # sent on, so the other ranks raise it too instead of waiting
+            box = [(None, exc)]
+    torch_dist.broadcast_object_list(box, src=0)
+    value, error = box[0]
+    if error is not None:
+        raise error
+    return value
 
 
 def barrier() -> None:

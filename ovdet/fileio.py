@@ -65,28 +65,47 @@ def checked_type(path: str | Path, data: Any, expected: type | None, kind: str) 
     return data
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) through ``.NAME.tmp-PID`` and ``os.replace``; creates the parent folder."""
+def write_text_atomic(path: str | Path, text: str, durable: bool = False) -> Path:
+    """Write ``text`` (UTF-8) through ``.NAME.tmp-PID`` and ``os.replace``; creates the parent folder.
+
+    ``durable``: the bytes and the rename reach the disk before returning (fsync of the file and its
+    folder), so a machine that dies right after still finds the new file, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        temp.write_text(text, encoding="utf-8")
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(temp, path)
+        if durable:
+            fsync_folder(path.parent)
     finally:
         temp.unlink(missing_ok=True)
     return path
 
 
+def fsync_folder(folder: str | Path) -> None:
+    """Make the folder's entries (a rename, a new file) durable."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def write_json_atomic(
-    path: str | Path, data: Any, indent: int | None = 1, sort_keys: bool = True, ensure_ascii: bool = False
+    path: str | Path, data: Any, indent: int | None = 1, sort_keys: bool = True, ensure_ascii: bool = False,
+    durable: bool = False,
 ) -> Path:
     """JSON with sorted keys by default, so the same data always gives the same bytes.
 
     ``ensure_ascii=True`` escapes non-ASCII text: needed where strings may hold file names that are
     not valid UTF-8 (Python keeps their bytes as lone surrogates, which UTF-8 cannot encode)."""
     text = json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
-    return write_text_atomic(path, text + "\n")
+    return write_text_atomic(path, text + "\n", durable)
 
 
 def write_jsonl_atomic(

@@ -50,7 +50,7 @@ def run_training(
     from ovdet.train.loop import TrainingLoop
     from ovdet.train.task import DetectionTask
 
-    dist.init_distributed()
+    dist.init_distributed(train.collective_timeout_s)
     if train.threads:
         torch.set_num_threads(train.threads)
     seed_everything(train.seed)

@@ -8,16 +8,9 @@ import shutil
 
 import pytest
 import torch
-from train_runs import checkpoint_tags, final_weights, latest_tag, max_abs_difference, metrics
+from train_runs import checkpoint_tags, copy_run, final_weights, latest_tag, max_abs_difference, metrics
 
-from ovdet.errors import OvdetError
-from ovdet.train.checkpoint import WeightsOnlyCheckpointEngine
-
-
-def copy_run(source, destination):
-    shutil.copytree(source, destination)
-    shutil.rmtree(destination / "final")
-    return destination
+from ovdet.train.checkpoint import WeightsOnlyCheckpointEngine, write_checksums
 
 
 def test_only_the_latest_k_checkpoints_are_kept(uninterrupted_run):
@@ -51,11 +44,14 @@ def test_incomplete_newer_tag_is_ignored(uninterrupted_run, tiny_shards, tmp_pat
     assert (out / "final" / "model.safetensors").exists()
 
 
-def test_latest_naming_a_missing_tag_is_a_user_error(uninterrupted_run, tiny_shards, tmp_path, in_process):
+def test_latest_naming_a_missing_tag_falls_back_to_the_newest_intact_one(
+    uninterrupted_run, tiny_shards, tmp_path, in_process, caplog
+):
     out = copy_run(uninterrupted_run, tmp_path / "train")
     (out / "checkpoints" / "latest").write_text("step-0000099")
-    with pytest.raises(OvdetError, match="step-0000099"):
-        in_process(out, tiny_shards)
+    summary = in_process(out, tiny_shards, train__steps=10)
+    assert summary["resumed_from"] == 8 and latest_tag(out) == "step-0000010"
+    assert "step-0000099 does not exist" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -119,6 +115,7 @@ def test_resuming_from_a_malicious_checkpoint_raises_instead_of_executing(
     out = copy_run(uninterrupted_run, tmp_path / "train")
     marker = tmp_path / "pwned"
     write_malicious_checkpoint(out / "checkpoints" / "step-0000008" / file_name, marker)
+    write_checksums(out / "checkpoints" / "step-0000008")  # as an attacker would, so the load is reached
     with pytest.raises(pickle.UnpicklingError):
         in_process(out, tiny_shards)
     assert not marker.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,6 +102,28 @@ def wait_until(condition, process: subprocess.Popen, timeout: float = 240) -> No
             os.killpg(process.pid, signal.SIGKILL)
             raise AssertionError("timed out waiting for the training run")
         time.sleep(0.05)
+
+
+def copy_run(source: Path, destination: Path) -> Path:
+    """A copy of a finished training folder without its ``final/`` model: resuming it trains again."""
+    shutil.copytree(source, destination)
+    shutil.rmtree(destination / "final")
+    return destination
+
+
+def rank_processes(out: Path) -> dict[int, int]:
+    """rank -> pid of the ``ovdet train --out OUT`` rank processes running now (not their launchers)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = dict(item.split(b"=", 1) for item in (entry / "environ").read_bytes().split(b"\0") if b"=" in item)
+        except (OSError, ValueError):
+            continue  # not a process, or it exited meanwhile
+        script = next((a for a in argv[1:] if not a.startswith(b"-")), b"")
+        if script.endswith(b"/ovdet") and str(out).encode() in argv and b"RANK" in environ:
+            found[int(environ[b"RANK"])] = int(entry.name)
+    return found
 
 
 def checkpoint_tags(out: Path) -> list[str]:
