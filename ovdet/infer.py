@@ -19,7 +19,7 @@ from PIL import Image
 
 from ovdet.data.letterbox import boxes_to_pixels, letterbox
 from ovdet.data.prompts import class_prompts
-from ovdet.errors import OvdetError
+from ovdet.errors import OvdetError, RecordError
 from ovdet.fileio import read_json
 from ovdet.runs import MODEL_SPEC, MODEL_WEIGHTS, find_model_dir
 
@@ -204,15 +204,29 @@ class Detector:
         ]
 
 
-def open_image(item) -> Image.Image:
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's own limit: an image with more pixels is refused as a decompression bomb
+
+
+def open_image(item, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """An RGB image from a path or a PIL image, read the way the shard stage reads training images
+    (``ovdet.data.images``): full decode (a truncated file is refused, not padded), EXIF orientation
+    applied (as transformers' ``load_image`` does, PIL images included), 16-bit scaled to 8, alpha
+    on white, at most ``max_pixels``. Every failure is an ``OvdetError`` naming the file."""
+    from PIL import ImageOps
+
+    from ovdet.data.images import decode, to_rgb
+
     if isinstance(item, Image.Image):
-        return item.convert("RGB")
+        return to_rgb(ImageOps.exif_transpose(item))
     try:
-        with Image.open(item) as image:
-            image.load()
-            return image.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise OvdetError(f"{item}: cannot read image: {exc}") from None
+        data = Path(item).read_bytes()
+    except OSError as exc:
+        raise OvdetError(f"{item}: cannot read image: {exc.strerror or exc}") from None
+    try:
+        image, _ = decode(str(item), data, max_pixels)
+    except RecordError as exc:
+        raise OvdetError(f"{item}: cannot read image: {exc.reason}") from None
+    return to_rgb(image)
 
 
 def resolve_model_folder(path: str | Path) -> Path:

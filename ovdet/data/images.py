@@ -138,6 +138,8 @@ def strict_decoding(max_pixels: int) -> Iterator[None]:
 
 def decode(key: str, data: bytes, max_pixels: int) -> tuple[Image.Image, int]:
     """Fully decoded image in EXIF orientation (source mode kept), and the orientation applied (0: none)."""
+    if not data:
+        raise RecordError(key, "image file is empty (0 bytes)")
     try:
         with strict_decoding(max_pixels):
             image = Image.open(io.BytesIO(data))

@@ -9,6 +9,7 @@ either COCO JSON + images (``eval.gt``, ``eval.image_root``) or a shard folder w
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,36 @@ def xywh_boxes(boxes_xyxy: list[list[float]]) -> list[list[float]]:
     return box_xyxy_to_xywh(torch.tensor(boxes_xyxy, dtype=torch.float64).reshape(-1, 4)).tolist()
 
 
-def image_paths(gt: dict, image_root: Path) -> list[Path]:
+def image_paths(gt: dict, image_root: Path) -> AnnotatedImages:
     paths = [image_root / image["file_name"] for image in gt["images"]]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise OvdetError(f"{missing[0]}: evaluation image not found ({len(missing)} missing under {image_root})")
-    return paths
+    return AnnotatedImages(paths, gt["images"])
+
+
+class AnnotatedImages(Sequence):
+    """The ground truth's images, each opened when the detector reaches it (``ovdet.infer.open_image``:
+    EXIF orientation applied, as in training) and checked against the GT's ``width``/``height``:
+    boxes annotated on other pixels (another orientation or size) would be scored wrongly."""
+
+    def __init__(self, paths: list[Path], entries: list[dict]):
+        self.paths, self.entries = paths, entries
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return AnnotatedImages(self.paths[index], self.entries[index])
+        from ovdet.infer import open_image
+
+        image, entry = open_image(self.paths[index]), self.entries[index]
+        annotated = (entry.get("width"), entry.get("height"))
+        if all(annotated) and image.size != annotated:
+            raise OvdetError(f"{self.paths[index]}: image is {image.width}x{image.height} (after EXIF orientation), "
+                             f"the ground truth says {annotated[0]}x{annotated[1]} (image id {entry.get('id')})")
+        return image
 
 
 class ShardImages:

@@ -179,3 +179,20 @@ def four_sample_tar(path: Path) -> tuple[int, int]:
     with tarfile.open(path) as tar:
         third_jpg = tar.getmember("000000002.jpg")
     return third_jpg.offset, third_jpg.offset_data
+
+
+def bomb_png(path: Path, width: int = 30_000, height: int = 30_000) -> Path:
+    """A 1-bit PNG declaring ``width`` x ``height`` pixels (900 M by default) in a few hundred bytes:
+    the header of a decompression bomb, written by hand so the test never holds the pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    row = b"\x00" + bytes((width + 7) // 8)
+    pixels = zlib.compress(row * 8)  # a few rows only: a decoder that started would fail, not finish
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
