@@ -45,7 +45,7 @@ from ovdet.data.augment import (
 from ovdet.data.letterbox import boxes_to_letterbox, letterbox, stretch
 from ovdet.data.prompts import prompt_name, prompt_texts
 from ovdet.data.records import Record
-from ovdet.data.shards import SampleLocation, index_tar, read_manifest
+from ovdet.data.shards import SampleLocation, checked_member, index_tar, read_manifest
 from ovdet.errors import OvdetError
 
 
@@ -136,15 +136,29 @@ class ShardSampleDataset(Dataset):
         return self.stream.block_size
 
     def read(self, set_index: int, sample_index: int) -> tuple[bytes, Record]:
+        """The sample's JPEG bytes and record, each checked against its size and CRC-32 (``checked_member``).
+
+        Raises:
+            OvdetError: naming the shard and the sample, when the shard was deleted before this process
+                opened it, or cut, changed or replaced after it was indexed.
+        """
         shard, loc = self.locations[set_index][sample_index]
-        if shard not in self.file_descriptors:
-            self.file_descriptors[shard] = os.open(shard, os.O_RDONLY)
-        # pread, not seek + read: DataLoader workers forked after this process opened a shard share
-        # its file offset, and seeks racing between workers returned another sample's bytes
-        fd = self.file_descriptors[shard]
-        jpeg = os.pread(fd, loc.jpg_size, loc.jpg_offset)
-        record = Record.from_json(json.loads(os.pread(fd, loc.json_size, loc.json_offset)))
-        return jpeg, record
+        try:
+            if shard not in self.file_descriptors:
+                self.file_descriptors[shard] = os.open(shard, os.O_RDONLY)
+            # pread, not seek + read: DataLoader workers forked after this process opened a shard share
+            # its file offset, and seeks racing between workers returned another sample's bytes
+            fd = self.file_descriptors[shard]
+            jpeg = os.pread(fd, loc.jpg_size, loc.jpg_offset)
+            text = os.pread(fd, loc.json_size, loc.json_offset)
+        except OSError as exc:
+            raise OvdetError(f"{shard}: sample {loc.key}: cannot read the shard: {exc.strerror or exc}") from None
+        checked_member(shard, loc.key, "jpg", jpeg, loc.jpg_size, loc.jpg_crc32)
+        checked_member(shard, loc.key, "json", text, loc.json_size, loc.json_crc32)
+        try:
+            return jpeg, Record.from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise OvdetError(f"{shard}: sample {loc.key}: unreadable record: {exc}") from None
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         set_index, sample_index = self.stream.locate(k)
@@ -468,6 +482,15 @@ class RankBatchSampler:
         return self.num_batches
 
 
+def worker_error(exc: OvdetError) -> OvdetError:
+    """A DataLoader worker's user error as the worker raised it: torch re-raises it in this process
+    with the worker's whole traceback folded into the message, and the CLI prints user errors in one line."""
+    text = str(exc).rstrip()
+    if not text.startswith("Caught OvdetError"):
+        return exc
+    return OvdetError(text.splitlines()[-1].split("OvdetError: ", 1)[-1])
+
+
 class TrainLoader:
     """Stateful iterable of batches for one rank; ``state_dict`` is the global samples consumed."""
 
@@ -491,7 +514,14 @@ class TrainLoader:
             # (dropout's), or a resumed run's RNG stream would diverge from an uninterrupted one.
             generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.batches_consumed),
         )
-        for batch in loader:
+        batches = iter(loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except OvdetError as exc:
+                raise worker_error(exc) from None
             self.batches_consumed += 1
             yield unpack(batch)
 
