@@ -55,6 +55,7 @@ def run_training(
         torch.set_num_threads(train.threads)
     seed_everything(train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_shared_folder(out_dir)
     paths = TrainPaths(out_dir)
     # the detector's input size is the loader's canvas (a ViT's position embeddings are resampled
     # to it: ovdet.models.posembed, OWL's interpolated); a transformers detector also sets the
@@ -86,6 +87,34 @@ def check_input_sizes(detector, loader_cfg) -> None:
     if loader_cfg.multiscale_sizes and not getattr(detector, "accepts_any_input_size", False):
         raise OvdetError(f"loader.multiscale_sizes needs an image tower that takes any input size; "
                          f"{detector.spec.get('name')} is fitted to {loader_cfg.image_size} px (loader.multiscale_sizes=[])")
+
+
+def check_shared_folder(out_dir: Path, wait_s: float = 10.0) -> None:
+    """Every rank must see what rank 0 writes in the training folder: the ranks write one checkpoint
+    together (each its optimizer shard and RNG file), and a resume reads all of it. A folder that is
+    node-local on some nodes (same path, another disk) is refused before training, on every rank.
+    ``wait_s``: how long a rank looks for rank 0's marker (shared file systems can be slow to show it)."""
+    import time
+    import uuid
+
+    if dist.world_size() == 1:
+        return
+
+    def write_marker() -> str:
+        name = f".shared-folder-check-{uuid.uuid4().hex}"
+        (out_dir / name).touch()
+        return name
+
+    marker = out_dir / dist.from_main(write_marker)
+    deadline = time.monotonic() + wait_s
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    blind = int(dist.sum_over_ranks([0.0 if marker.exists() else 1.0])[0])
+    if dist.is_main():
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise OvdetError(f"{out_dir}: {blind} of {dist.world_size()} ranks do not see the files rank 0 writes there; "
+                         "the training folder (--out) must be on storage every node shares, not a node-local disk")
 
 
 def seed_everything(seed: int) -> None:

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from train_runs import BIN, REPO, clean_env, describe, run_train
+from train_runs import BIN, REPO, TWO_RANKS, clean_env, describe, run_train
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed picks an accelerator in-process
 
@@ -45,6 +45,16 @@ def uninterrupted_run(tiny_shards, tmp_path_factory) -> Path:
     """One rank, 8 steps, a checkpoint every 2: the reference for resume and preemption tests."""
     out = tmp_path_factory.mktemp("uninterrupted") / "train"
     result = run_train(out, tiny_shards)
+    assert result.returncode == 0, describe(result)
+    return out
+
+
+@pytest.fixture(scope="session")
+def two_rank_run(tiny_shards, tmp_path_factory) -> Path:
+    """Two deepspeed ranks on one node (ZeRO-2, ``TWO_RANKS``), 8 steps: the reference of the
+    two-rank resume and the multi-node tests."""
+    out = tmp_path_factory.mktemp("two-rank") / "train"
+    result = run_train(out, tiny_shards, "deepspeed", **TWO_RANKS)
     assert result.returncode == 0, describe(result)
     return out
 

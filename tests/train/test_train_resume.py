@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from train_runs import (
+    TWO_RANKS,
     describe,
     final_weights,
     latest_tag,
@@ -59,14 +60,11 @@ def torch_equal(a, b) -> bool:
 
 @pytest.mark.slow
 def test_one_killed_rank_stops_a_two_rank_zero2_job_within_seconds_and_the_rerun_resumes_within_1e_6(
-    tiny_shards, tmp_path
+    tiny_shards, two_rank_run, tmp_path
 ):
     """SIGKILL of rank 1 mid-run: rank 0's next collective fails at once (the dead rank's sockets
     close) and the deepspeed launcher stops the job non-zero; nothing waits for train.collective_timeout_s."""
-    options = {"train__zero_stage": 2, "loader__batch_size": 2}
-    reference = tmp_path / "reference"
-    result = run_train(reference, tiny_shards, "deepspeed", **options)
-    assert result.returncode == 0, describe(result)
+    options, reference = TWO_RANKS, two_rank_run
     out = tmp_path / "train"
     process = start_train(out, tiny_shards, "deepspeed", **options)
     wait_until(lambda: latest_tag(out) == "step-0000004" and len(rank_processes(out)) == 2, process)

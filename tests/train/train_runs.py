@@ -20,6 +20,9 @@ LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MAS
                     "CROSS_RANK", "CROSS_SIZE", "SLURM_JOB_ID", "SLURM_PROCID", "SLURM_NTASKS")  # fmt: skip
 
 
+TWO_RANKS = {"train__zero_stage": 2, "loader__batch_size": 2}  # 2 ranks x 2 = the single rank's batch of 4
+
+
 def tiny_overrides(shards: Path, **extra) -> list[str]:
     """The tiny model on the tiny world, one thread, no workers; ``extra`` as dotted overrides."""
     values = {
@@ -67,6 +70,13 @@ def train_argv(out: Path, shards: Path, launcher: str = "single", **extra) -> li
             *tail,
         ]
     return [ovdet, *tail]
+
+
+def node_argv(out: Path, shards: Path, node: int, endpoint: str, nodes: int = 2, **extra) -> list[str]:
+    """``torchrun`` for one node of ``nodes`` (one rank each) meeting at the c10d rendezvous ``endpoint``."""
+    return [str(BIN / "torchrun"), "--nnodes", str(nodes), "--nproc_per_node", "1", "--node_rank", str(node),
+            "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "ovdet-test", "--local_addr", "127.0.0.1",
+            str(BIN / "ovdet"), "train", "--config", str(DEMO_CONFIG), "--out", str(out), *tiny_overrides(shards, **extra)]
 
 
 def free_port() -> int:
