@@ -102,6 +102,9 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+RESULT_NEUTRAL_KEYS = ("train.checkpoint_every", "train.keep_checkpoints", "train.collective_timeout_s")
+
+
 def changed_settings(out: Path, arm: str, train_overrides: list[str]) -> list[str]:
     """The config keys on which the finished run in ``out`` differs from the run now asked for
     (keys the run's config predates count as their defaults)."""
@@ -114,6 +117,10 @@ def changed_settings(out: Path, arm: str, train_overrides: list[str]) -> list[st
     # synth.* and data.* say how `make demo` draws and shards its own world; what a run here trains
     # on is the shards, which train_and_eval checks by checksum
     keys = [k for k in keys if not k.startswith(("synth.", "data."))]
+    # how often a run checkpoints, how many it keeps and how long a rank waits for another change
+    # nothing it computes (resume is bitwise: tests/train): a run interrupted under one setting
+    # resumes under another
+    keys = [k for k in keys if k not in RESULT_NEUTRAL_KEYS]
     if "synth-image-text" not in ARMS[arm][1]:
         keys = [k for k in keys if not k.startswith(IMAGE_LOSS_KEYS)]
     # a mixing weight of a source the arm does not train on cannot change it
@@ -136,7 +143,7 @@ def train_and_eval(arm: str, seed: int, args, world: Path, shards: Path, name: s
     sources = "[" + ",".join(ARMS[arm][1]) + "]"
     train_overrides = [
         f"loader.shard_dirs=[{shards}]", f"loader.sources={sources}", f"train.seed={seed}", f"loader.seed={seed}",
-        f"train.steps={steps}", f"train.checkpoint_every={steps}", f"eval.every={args.eval_every}",
+        f"train.steps={steps}", f"train.checkpoint_every={min(steps, 200)}", f"eval.every={args.eval_every}",
         f"eval.max_images={args.val_images}", *eval_overrides, *overrides,
     ]
     data = shard_checksums(shards, arm)
