@@ -1,5 +1,6 @@
 """Two nodes of one rank each, simulated on this machine: two ``torchrun`` agents meeting at a c10d
-rendezvous on 127.0.0.1, each "node" with its own scratch folder (``TMPDIR``). The run equals one
+rendezvous on 127.0.0.1, or two ``deepspeed --no_ssh --node_rank N`` launchers, each "node" with its
+own scratch folder (``TMPDIR``). The run equals one
 node of two ranks, writes each checkpoint file once into the shared training folder, resumes on one
 node of two ranks, and a training folder that one node sees as a node-local disk is refused."""
 
@@ -34,13 +35,14 @@ ONE_CHECKPOINT = {  # what one tag of a 2-rank ZeRO-2 run holds: each rank's fil
 }  # fmt: skip
 
 
-def start_nodes(out, shards, tmp_path, wrap=lambda node, argv: argv) -> list[subprocess.Popen]:
+def start_nodes(out, shards, tmp_path, launcher="torchrun", wrap=lambda node, argv: argv) -> list[subprocess.Popen]:
     endpoint = f"127.0.0.1:{free_port()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
     processes = []
     for node in (0, 1):
         scratch = tmp_path / f"node{node}-scratch"
         scratch.mkdir()
-        argv = wrap(node, node_argv(out, shards, node, endpoint, **TWO_RANKS))
+        argv = wrap(node, node_argv(out, shards, node, endpoint, launcher, **TWO_RANKS))
         log = open(tmp_path / f"node{node}.log", "w")
         processes.append(subprocess.Popen(argv, env=clean_env() | {"TMPDIR": str(scratch)}, cwd=REPO, stdout=log,
                                           stderr=subprocess.STDOUT))  # fmt: skip
@@ -51,11 +53,12 @@ def node_logs(tmp_path) -> str:
     return "\n".join((tmp_path / f"node{node}.log").read_text()[-3000:] for node in (0, 1))
 
 
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
 def test_two_nodes_train_like_one_node_of_two_ranks_and_write_each_checkpoint_file_once(
-    tiny_shards, two_rank_run, tmp_path
+    tiny_shards, two_rank_run, tmp_path, launcher
 ):
     out = tmp_path / "shared" / "train"
-    codes = [process.wait(timeout=600) for process in start_nodes(out, tiny_shards, tmp_path)]
+    codes = [process.wait(timeout=600) for process in start_nodes(out, tiny_shards, tmp_path, launcher)]
     assert codes == [0, 0], node_logs(tmp_path)
     assert [m["step"] for m in metrics(out)] == list(range(1, 9))  # logged once, by rank 0
     for ours, reference in zip(metrics(out), metrics(two_rank_run), strict=True):
@@ -89,7 +92,7 @@ def test_a_training_folder_that_is_node_local_on_one_node_is_refused_by_every_ra
         script = f"mount -t tmpfs tmpfs {shlex.quote(str(shared))} || exit 99; exec {shlex.join(argv)}"
         return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script]
 
-    processes = start_nodes(shared / "train", tiny_shards, tmp_path, on_a_local_disk)
+    processes = start_nodes(shared / "train", tiny_shards, tmp_path, wrap=on_a_local_disk)
     codes = [process.wait(timeout=600) for process in processes]
     logs = node_logs(tmp_path)
     assert all(code not in (0, 99) for code in codes), logs

@@ -72,11 +72,20 @@ def train_argv(out: Path, shards: Path, launcher: str = "single", **extra) -> li
     return [ovdet, *tail]
 
 
-def node_argv(out: Path, shards: Path, node: int, endpoint: str, nodes: int = 2, **extra) -> list[str]:
-    """``torchrun`` for one node of ``nodes`` (one rank each) meeting at the c10d rendezvous ``endpoint``."""
-    return [str(BIN / "torchrun"), "--nnodes", str(nodes), "--nproc_per_node", "1", "--node_rank", str(node),
-            "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "ovdet-test", "--local_addr", "127.0.0.1",
-            str(BIN / "ovdet"), "train", "--config", str(DEMO_CONFIG), "--out", str(out), *tiny_overrides(shards, **extra)]
+def node_argv(out: Path, shards: Path, node: int, endpoint: str, launcher: str = "torchrun", **extra) -> list[str]:
+    """One node's launcher command for a run on 2 nodes of one rank each, meeting at ``endpoint``
+    (host:port): ``torchrun`` with a c10d rendezvous, or the ``deepspeed`` launcher's multi-node path
+    without ssh (``--no_ssh --node_rank``, the hosts from a hostfile next to ``out``)."""
+    train = [str(BIN / "ovdet"), "train", "--config", str(DEMO_CONFIG), "--out", str(out), *tiny_overrides(shards, **extra)]
+    if launcher == "torchrun":
+        return [str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node),
+                "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "ovdet-test",
+                "--local_addr", "127.0.0.1", *train]  # fmt: skip
+    hostfile = out.parent / "hostfile"
+    hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
+    address, port = endpoint.rsplit(":", 1)
+    return [str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(node),
+            "--master_addr", address, "--master_port", port, *train]
 
 
 def free_port() -> int:
