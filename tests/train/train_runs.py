@@ -48,6 +48,7 @@ def clean_env() -> dict[str, str]:
     """The test process's environment without launcher variables (an in-process run sets them)."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
     env["DS_ACCELERATOR"] = "cpu"
+    env["GLOO_SOCKET_IFNAME"] = "lo"  # collectives over loopback, whatever the host name resolves to
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     return env
