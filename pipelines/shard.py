@@ -224,15 +224,17 @@ def check_output_folder(out_dir: Path, cfg: DataConfig, overwrite: bool) -> None
 
 
 def run_ray_tasks(shards: list[ShardPlan], out_dir: Path, cfg: DataConfig, progress: bool) -> dict[str, dict]:
+    if ray_address(cfg) == "local":
+        # A cluster this process starts for itself, which nothing else joins: it stays on loopback.
+        # Otherwise Ray takes the machine's outward address for 127.0.0.1 and listens on every
+        # interface. Read when ray is first imported (ray._private.services.get_node_ip_address).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
     from tqdm import tqdm
 
-    # "local", not None: with None, ray.init joins any cluster a `ray start` on this machine left behind
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or "local"
     started_here = not ray.is_initialized()
     if started_here:
-        kwargs = {"num_cpus": cfg.num_cpus} if address == "local" else {}
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
+        init_ray(cfg)
     try:
         task = ray.remote(num_cpus=1)(write_shard)
         pending = {task.remote(shard, str(out_dir.resolve())): shard.path for shard in shards}
@@ -247,6 +249,36 @@ def run_ray_tasks(shards: list[ShardPlan], out_dir: Path, cfg: DataConfig, progr
     finally:
         if started_here:
             ray.shutdown()
+
+
+def ray_address(cfg: DataConfig) -> str:
+    # "local", not None: with None, ray.init joins any cluster a `ray start` on this machine left behind
+    return cfg.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def init_ray(cfg: DataConfig) -> None:
+    """Start a local cluster, or join ``ray_address`` (or ``RAY_ADDRESS``)."""
+    import ray
+
+    address = ray_address(cfg)
+    kwargs = {"num_cpus": cfg.num_cpus} if address == "local" else {}
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
+    except (ConnectionError, ray.exceptions.RayError) as exc:
+        if not is_token_refusal(exc):
+            raise
+        raise OvdetError(
+            f"Ray cluster {address} wants its authentication token: set RAY_AUTH_MODE=token and the token "
+            "(`ray get-auth-token` on the head prints it) in RAY_AUTH_TOKEN, in the file RAY_AUTH_TOKEN_PATH "
+            "names, or in ~/.ray/auth_token"
+        ) from None
+
+
+def is_token_refusal(exc: Exception) -> bool:
+    """Ray raises a token it cannot find as ``AuthenticationError``, and a token the cluster refuses (or
+    did not get) as a ConnectionError whose cause holds the refusal as traceback text. Matched by name:
+    Rays without token authentication have no such class."""
+    return type(exc).__name__ == "AuthenticationError" or "AuthenticationError" in str(exc.__cause__)
 
 
 def write_rejected(out_dir: Path, plans: list[SourcePlan], entries: dict[str, dict]) -> None:

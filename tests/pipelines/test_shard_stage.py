@@ -59,6 +59,7 @@ def ray_cluster():
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    assert ray.util.get_node_ip_address() == "127.0.0.1"  # tests/conftest.py: loopback only
     yield
     ray.shutdown()
 
