@@ -61,3 +61,42 @@ def prebuild_deepspeed_cpu_ops(env: dict[str, str]) -> None:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=900)
     print(f"[slurm] DeepSpeed CPU ops ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+TWO_NODES = ("ci-node1", "ci-node2")
+
+
+@pytest.fixture(scope="module")
+def slurm_two_node_cluster(slurm_cluster) -> tuple[str, ...]:
+    """The session's cluster as two nodes for one module; the one-node cluster is back afterwards.
+
+    ``start_slurm.sh`` with ``SLURM_CI_NODES=2`` rewrites slurm.conf and restarts slurmctld with one
+    slurmd per node (ci-node1, ci-node2: 1 CPU each, bound to 127.0.0.1); the same script without it
+    restores the one-node cluster the other modules use. Jobs still queued are cancelled first: a
+    restarted slurmctld would forget the nodes they run on and leave their processes behind.
+    """
+    switch_slurm_cluster(nodes=2)
+    try:
+        yield TWO_NODES
+    finally:
+        cancel_all_jobs()
+        switch_slurm_cluster(nodes=1)
+
+
+def switch_slurm_cluster(nodes: int) -> None:
+    env = {**os.environ, "SLURM_CI_NODES": str(nodes)}
+    result = subprocess.run(["bash", str(CI_SCRIPTS / "start_slurm.sh")], capture_output=True, text=True,
+                            env=env, timeout=300)
+    if result.returncode != 0:
+        pytest.fail(f"start_slurm.sh (SLURM_CI_NODES={nodes}) failed (exit {result.returncode}):\n"
+                    f"{result.stdout}\n{result.stderr}")
+
+
+def cancel_all_jobs(timeout_s: float = 30) -> None:
+    subprocess.run(["scancel", "--partition=debug"], check=False, capture_output=True, timeout=30)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30)
+        if queue.returncode == 0 and not queue.stdout.strip():
+            return
+        time.sleep(0.5)
