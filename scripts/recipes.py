@@ -110,8 +110,8 @@ def markdown(rows: list[dict], nms_rows: list[dict], args) -> str:
         command += " --no-nms"
     lines = [
         "# Training recipes on the synthetic world", "",
-        f"Reproduce: `{command}` (runs in `runs/recipes`, finished runs reused; about 9 minutes per run at 1200 steps "
-        "on a 2-core CPU). Setting: `make demo`'s world, model, sources (detection + grounding), batch 8 and "
+        f"Reproduce: `{command}` (runs in `runs/recipes`, finished runs reused, interrupted ones resumed from their last "
+        "200-step checkpoint; 9 to 22 minutes per run at 1200 steps on a 2-core CPU, by machine load). Setting: `make demo`'s world, model, sources (detection + grounding), batch 8 and "
         f"{args.steps} steps; seeds {seeds} (training and loader seed); evaluation on the whole eval split with the "
         "48-name vocabulary; NMS `auto` (none after Hungarian, class-wise 0.5 after one-to-many assigners). "
         "Values are mean ± standard deviation over seeds. steps/s: median training throughput; assign ms: one "
