@@ -151,17 +151,21 @@ def feed_once_both_nodes_wait(gate: ImageGate, timeout: float = 60) -> Callable[
     return on_poll
 
 
-def test_shard_tasks_run_on_both_nodes_and_write_what_a_local_run_writes(cluster, world, local_run, tmp_path):
+def gated_cluster_run(cluster, world, tmp_path, out, on_poll_of: Callable[[ImageGate], Callable[[], None]]):
+    """``ovdet shard --ray-address`` on the gated copy of the world; ``on_poll_of(gate)`` decides, at
+    every poll, which waiting task reads on and which is killed. Returns the gate and the run's result."""
     gate = ImageGate(world.images, cluster)
-    out = tmp_path / "shards"
     try:
-        result = run_ovdet(
-            shard_command(world.gated / "data.yaml", out, "--ray-address", cluster.address),
-            driver_env(cluster, tmp_path / "home"),
-            feed_once_both_nodes_wait(gate),
-        )
+        result = run_ovdet(shard_command(world.gated / "data.yaml", out, "--ray-address", cluster.address),
+                           driver_env(cluster, tmp_path / "home"), on_poll_of(gate))  # fmt: skip
     finally:
         gate.close()
+    return gate, result
+
+
+def test_shard_tasks_run_on_both_nodes_and_write_what_a_local_run_writes(cluster, world, local_run, tmp_path):
+    out = tmp_path / "shards"
+    gate, result = gated_cluster_run(cluster, world, tmp_path, out, feed_once_both_nodes_wait)
     assert result.returncode == 0, result.stderr
     assert Counter(path for path, _, _ in gate.reads) == Counter(world.images.keys())  # each image once, no retry
     assert {node for _, _, node in gate.reads} == {"head", "worker"}
@@ -186,16 +190,9 @@ def test_worker_killed_mid_shard_is_retried_and_the_shards_match_an_undisturbed_
 ):
     shards = [read_shard(local_run.out / entry["path"]) for entry in local_run.manifest["sources"]["det"]["shards"]]
     first_image_of = {world.image_of(second[0]): world.image_of(first[0]) for first, second in shards}
-    gate = ImageGate(world.images, cluster)
     out = tmp_path / "shards"
-    try:
-        result = run_ovdet(
-            shard_command(world.gated / "data.yaml", out, "--ray-address", cluster.address),
-            driver_env(cluster, tmp_path / "home"),
-            kill_first_reader_of(gate, set(first_image_of)),  # a task that has read its first image
-        )
-    finally:
-        gate.close()
+    # the victim: a task that has read its first image
+    gate, result = gated_cluster_run(cluster, world, tmp_path, out, lambda g: kill_first_reader_of(g, set(first_image_of)))
     assert result.returncode == 0, result.stderr
     (killed,) = gate.killed
     # the retry, in another worker, read both images of the shard again
