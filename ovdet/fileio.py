@@ -11,6 +11,7 @@ same folder and ``os.replace``, so an interrupted process never leaves a truncat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -85,6 +86,16 @@ def write_text_atomic(path: str | Path, text: str, durable: bool = False) -> Pat
     finally:
         temp.unlink(missing_ok=True)
     return path
+
+
+def sha256_file(path: str | Path, sync: bool = False) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks; ``sync`` also fsyncs the file (its bytes are on
+    the disk, not only in the page cache, once the digest describes them)."""
+    with open(path, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        if sync:
+            os.fsync(handle.fileno())
+    return digest
 
 
 def fsync_folder(folder: str | Path) -> None:

@@ -27,11 +27,10 @@ from ovdet.data.shards import (
     MANIFEST,
     REJECTED,
     read_manifest,
-    sha256_file,
     write_tar_atomic,
 )
 from ovdet.errors import AnnotationError, OvdetError, RecordError
-from ovdet.fileio import read_json, write_json_atomic, write_jsonl_atomic
+from ovdet.fileio import read_json, sha256_file, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ naming the shard and the sample, never a silently different sample (other tar re
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -56,14 +55,6 @@ def add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     info.uname = info.gname = "ovdet"
     info.pax_headers = {CRC_RECORD: f"{zlib.crc32(payload):08x}"}
     tar.addfile(info, io.BytesIO(payload))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(shard_dir: Path) -> dict[str, Any]:

@@ -21,9 +21,7 @@ checkpoint can never run code when it is read.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import random
 import shutil
 from pathlib import Path
@@ -35,7 +33,7 @@ from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchChe
 
 from ovdet import dist
 from ovdet.errors import OvdetError
-from ovdet.fileio import read_json, write_json_atomic, write_text_atomic
+from ovdet.fileio import read_json, sha256_file, write_json_atomic, write_text_atomic
 from ovdet.runs import CHECKPOINT_STATE
 
 log = logging.getLogger(__name__)
@@ -173,16 +171,8 @@ def write_checksums(tag_dir: Path) -> None:
     checksums never describe bytes still only in the page cache)."""
     files = {}
     for path in sorted(p for p in tag_dir.rglob("*") if p.is_file() and p.name != CHECKSUMS):
-        files[path.relative_to(tag_dir).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path, sync=True)}
+        files[path.relative_to(tag_dir).as_posix()] = {"size": path.stat().st_size, "sha256": sha256_file(path, sync=True)}
     write_json_atomic(tag_dir / CHECKSUMS, {"algorithm": "sha256", "files": files}, durable=True)
-
-
-def file_sha256(path: Path, sync: bool = False) -> str:
-    with open(path, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        if sync:
-            os.fsync(handle.fileno())
-    return digest
 
 
 def checkpoint_problem(tag_dir: Path) -> str | None:
@@ -201,7 +191,7 @@ def checkpoint_problem(tag_dir: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != expected["size"]:
             return f"{name} has {path.stat().st_size} bytes, {expected['size']} were saved"
-        if file_sha256(path) != expected["sha256"]:
+        if sha256_file(path) != expected["sha256"]:
             return f"{name} does not match its SHA-256"
     return None
 
@@ -235,10 +225,9 @@ def checked_resume(ckpt_dir: Path, resume: str) -> tuple[str, str] | None:
         raise OvdetError(
             f"train.resume={resume}: not a checkpoint directory (expected CKPT_DIR/step-NNNNNNN)"
         )
-    problem = checkpoint_problem(path)
-    if problem == f"has no {CHECKSUMS} (its save did not finish)":
-        log.warning("%s: %s; loading it unchecked because train.resume names it", path, problem)
-    elif problem:
+    if not (path / CHECKSUMS).exists():
+        log.warning("%s: %s; loading it unchecked because train.resume names it", path, checkpoint_problem(path))
+    elif problem := checkpoint_problem(path):
         raise OvdetError(f"{path}: {problem}")
     return str(path.parent), path.name
 
