@@ -232,10 +232,15 @@ class TrainConfig:
     # cannot hold the job forever (a killed peer is seen at once: its sockets close). 1800 s is
     # torch's own default; periodic validation and checkpoint saves must fit in it. docs/reliability.md
     collective_timeout_s: float = 1800.0
+    # How long each rank looks for the marker rank 0 writes into --out before it calls the folder
+    # node-local. NFS clients may show a new file only after their attribute cache expires: raise it there.
+    shared_folder_wait_s: float = 10.0
 
     def __post_init__(self):
         if self.collective_timeout_s <= 0:
             raise OvdetError(f"train.collective_timeout_s={self.collective_timeout_s}: must be positive seconds")
+        if self.shared_folder_wait_s < 0:
+            raise OvdetError(f"train.shared_folder_wait_s={self.shared_folder_wait_s}: must be >= 0 seconds")
 
 
 @dataclass

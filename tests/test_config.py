@@ -143,6 +143,8 @@ def test_a_saved_model_spec_with_objectness_is_refused():
     ("eval.nms_iou=0", r"eval\.nms_iou=0(\.0)?: an IoU threshold in \(0, 1\]"),
     ("eval.nms=fast", r"eval\.nms.*one of \['auto', 'none', 'class'"),
     ("loss.assigner=yolo", r"loss\.assigner.*one of \['hungarian', 'max_iou', 'atss', 'tal', 'simota'\]"),
+    ("train.collective_timeout_s=0", r"train\.collective_timeout_s=0(\.0)?: must be positive seconds"),
+    ("train.shared_folder_wait_s=-1", r"train\.shared_folder_wait_s=-1(\.0)?: must be >= 0 seconds"),
 ])
 def test_invalid_recipe_values_are_refused_naming_the_key(override, message):
     with pytest.raises(OvdetError, match=message):

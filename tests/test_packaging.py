@@ -3,7 +3,8 @@
 Shipped configs all load; packaged resources resolve by name; the wheel holds everything under
 ``ovdet/`` (configs, Slurm templates, the card template, the Ray stages) and no top-level
 ``pipelines``; and the wheel installed into a separate venv runs every stage from a folder
-outside the checkout (``test_wheel_runs_every_stage_outside_the_checkout``).
+outside the checkout (``test_wheel_runs_every_stage_outside_the_checkout``: ``ovdet demo`` at a tiny
+size end to end, and again to see it resume, then ``detect``, ``publish`` and ``submit``).
 """
 
 from __future__ import annotations
@@ -154,8 +155,17 @@ print(missing)
 """
 
 
+TINY_DEMO = [
+    "synth.image_size=96", "synth.num_detection=24", "synth.num_grounding=12", "synth.num_image_text=24",
+    "synth.num_eval=8", "data.samples_per_shard=16", "loader.image_size=96", "loader.batch_size=4",
+    "loader.num_workers=0", "train.steps=6", "train.log_every=2", "train.checkpoint_every=3", "train.threads=1",
+]  # fmt: skip
+
+
 @pytest.mark.slow
 def test_wheel_runs_every_stage_outside_the_checkout(wheel, tmp_path):
+    """`ovdet demo` at a tiny size (then again: it resumes), `detect`, `publish` and `submit` from the
+    installed wheel, in a folder outside the checkout."""
     venv = smoke_venv(tmp_path, wheel)
     work = tmp_path / "work"
     work.mkdir()
@@ -175,20 +185,27 @@ def test_wheel_runs_every_stage_outside_the_checkout(wheel, tmp_path):
     no_pipelines = subprocess.run([python, "-c", "import pipelines"], cwd=work, env=env, capture_output=True)
     assert no_pipelines.returncode != 0
 
-    small = ["synth.image_size=96", "synth.num_detection=16", "synth.num_grounding=8", "synth.num_image_text=8",
-             "synth.num_eval=6"]
-    run(ovdet, "synth", "--out", "run/synth", *small)
-    run(ovdet, "shard", "--config", "demo", "--out", "run/shards", "data.root=run/synth")  # packaged config
-    sources = json.loads((work / "run" / "shards" / "manifest.json").read_text())["sources"]
-    assert {name: (s["written"], s["rejected"]) for name, s in sources.items()} == {
-        "synth-detection": (16, 0), "synth-grounding": (8, 0), "synth-image-text": (8, 0)}
-    run(ovdet, "train", "run_dir=run", "train.steps=3", "train.warmup_steps=1", "train.log_every=1",
-        "train.checkpoint_every=3", "loader.batch_size=2", "loader.num_workers=0", "loader.image_size=96")
-    assert (work / "run" / "train" / "final" / "model.safetensors").is_file()
-    run(ovdet, "eval", "run_dir=run", "eval.gt=run/synth/eval.json", "eval.vocab=run/synth/vocab.yaml",
-        "eval.image_root=run/synth/images")
-    metrics = json.loads((work / "run" / "eval" / "metrics.json").read_text())
-    assert set(metrics["AP50"]) >= {"base", "novel", "all", "hm"}
+    # `make demo` from the wheel: synth -> Ray shard -> train -> eval with the packaged demo config
+    demo = run(ovdet, "demo", "--config", "demo", "run_dir=run", *TINY_DEMO)
+    assert "AP50" in demo.stdout and "HM" in demo.stdout
+    run_dir = work / "run"
+    manifest = json.loads((run_dir / "shards" / "manifest.json").read_text())
+    assert {name: (s["kind"], s["written"], s["rejected"]) for name, s in manifest["sources"].items()} == {
+        "synth-detection": ("detection", 24, 0), "synth-grounding": ("grounding", 12, 0),
+        "synth-image-text": ("image_text", 24, 0)}  # fmt: skip
+    assert all(s["read"] == s["written"] + s["rejected"] for s in manifest["sources"].values())
+    steps = [json.loads(line)["step"] for line in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 6
+    assert (run_dir / "train" / "final" / "model.safetensors").is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("AP", "AP50"):
+        assert set(metrics[key]) == {"base", "novel", "all", "hm"}
+        assert all(0.0 <= v <= 1.0 for v in metrics[key].values())
+    assert (run_dir / "report.md").is_file() and (run_dir / "eval" / "report.md").is_file()
+    assert json.loads((run_dir / "eval" / "metrics.json").read_text())["num_images"] == 8
+    again = run(ovdet, "demo", "--config", "demo", "run_dir=run", *TINY_DEMO)
+    assert "resumed from" in again.stderr  # the same command resumes instead of starting over
+
     image = sorted((work / "run" / "synth" / "images").rglob("*.jpg"))[0]
     run(ovdet, "detect", "--model", "run/train/final", "--vocab", "circle,square", "--out", "detections",
         "--threshold", "0", "--top-k", "5", str(image))
@@ -225,3 +242,47 @@ def test_a_model_config_file_that_is_wrong_names_the_file_and_reason(tmp_path, t
     path.write_text(text)
     with pytest.raises(OvdetError, match=message):
         resolve_model_spec(ModelConfig(name=str(path)))
+
+
+def dependency_closure(name: str, extras: set[str]) -> dict[str, str]:
+    """Canonical name -> installed version of every distribution ``name[extras]`` needs, recursively."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, set[str]] = {}
+    versions: dict[str, str] = {}
+    todo = [(name, extras)]
+    while todo:
+        wanted, wanted_extras = todo.pop()
+        dist = md.distribution(wanted)  # a missing dependency raises: the venv is broken
+        key = canonicalize_name(dist.metadata["Name"])
+        if key in found and wanted_extras <= found[key]:
+            continue
+        found[key] = found.get(key, set()) | wanted_extras
+        versions[key] = dist.version
+        for line in dist.requires or []:
+            req = Requirement(line)
+            contexts = [{"extra": extra} for extra in (wanted_extras or {""})]
+            if req.marker is None or any(req.marker.evaluate(context) for context in contexts):
+                todo.append((req.name, set(req.extras)))
+    return versions
+
+
+def test_every_dependency_is_locked_and_installed_at_its_locked_version():
+    """`make` installs with ``-c requirements.lock``: a dependency missing from the lock would float
+    with the registry's newest release, and a venv off its pins would not reproduce the tables."""
+    from packaging.utils import canonicalize_name
+
+    lock = {}
+    for number, line in enumerate((ROOT / "requirements.lock").read_text().splitlines(), start=1):
+        if line and not line.startswith("#"):
+            assert line.count("==") == 1, f"requirements.lock:{number}: not NAME==VERSION: {line}"
+            name, version = line.split("==")
+            lock[canonicalize_name(name)] = version
+    installed = dependency_closure("ovdet", {"dev"})
+    installed.pop("ovdet")
+    assert sorted(set(installed) - set(lock)) == []  # run `make lock` after adding a dependency
+    assert {name: (version, lock[name]) for name, version in installed.items() if version != lock[name]} == {}
+    assert "pip install --quiet -c $(LOCK) -e '.[dev]'" in (ROOT / "Makefile").read_text()

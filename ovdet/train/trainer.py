@@ -55,7 +55,7 @@ def run_training(
         torch.set_num_threads(train.threads)
     seed_everything(train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_shared_folder(out_dir)
+    check_shared_folder(out_dir, train.shared_folder_wait_s)
     paths = TrainPaths(out_dir)
     # the detector's input size is the loader's canvas (a ViT's position embeddings are resampled
     # to it: ovdet.models.posembed, OWL's interpolated); a transformers detector also sets the
@@ -89,11 +89,12 @@ def check_input_sizes(detector, loader_cfg) -> None:
                          f"{detector.spec.get('name')} is fitted to {loader_cfg.image_size} px (loader.multiscale_sizes=[])")
 
 
-def check_shared_folder(out_dir: Path, wait_s: float = 10.0) -> None:
+def check_shared_folder(out_dir: Path, wait_s: float) -> None:
     """Every rank must see what rank 0 writes in the training folder: the ranks write one checkpoint
     together (each its optimizer shard and RNG file), and a resume reads all of it. A folder that is
     node-local on some nodes (same path, another disk) is refused before training, on every rank.
-    ``wait_s``: how long a rank looks for rank 0's marker (shared file systems can be slow to show it)."""
+    ``wait_s`` (``train.shared_folder_wait_s``): how long a rank looks for rank 0's marker (shared file
+    systems can be slow to show it)."""
     import time
     import uuid
 

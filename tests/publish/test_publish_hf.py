@@ -30,8 +30,6 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 REPO_ID = "my-org/owl-tiny"
 KINDS = ("owlv2", "owlvit")
-TINY_WORLD = ["synth.image_size=64", "synth.num_detection=32", "synth.num_grounding=16",
-              "synth.num_image_text=32", "synth.num_eval=8"]  # fmt: skip
 VOCABULARY = ["red circle", "blue square", "green star"]
 SCORE_TOLERANCE, BOX_TOLERANCE_PX = 1e-4, 1e-3
 METADATA_FILES = {"model_spec.json", "metrics.json", "vocab.yaml", "training_config.yaml", "data_summary.json",
@@ -104,15 +102,11 @@ def run_checked(argv: list[str], cwd: Path, timeout: float = 300) -> subprocess.
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> World:
-    """The tiny synthetic world of tests/train/conftest.py, sharded 16 samples a shard."""
+def world(tiny_shards, tmp_path_factory) -> World:
+    """The session's tiny synthetic world and its shards (tests/conftest.py), as one run folder's."""
     world = World(tmp_path_factory.mktemp("hf-world"))
-    run_checked([str(BIN / "ovdet"), "synth", "--out", str(world.synth), *TINY_WORLD], world.root)
-    text = (REPO / "configs" / "data" / "synthetic.yaml").read_text()
-    config = yaml.safe_load(text) | {"root": str(world.synth), "samples_per_shard": 16}
-    (world.root / "data.yaml").write_text(yaml.safe_dump(config))
-    run_checked([str(BIN / "ovdet"), "shard", "--config", str(world.root / "data.yaml"), "--out", str(world.shards)],
-                world.root)  # fmt: skip
+    world.synth.symlink_to(tiny_shards.parent / "world")
+    world.shards.symlink_to(tiny_shards)
     return world
 
 

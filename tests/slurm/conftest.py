@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from slurm_jobs import job_logs, ovdet_submit, submit_and_wait, wait_for_job
 
 REPO = Path(__file__).resolve().parents[2]
 CI_SCRIPTS = REPO / "scripts" / "slurm-ci"
@@ -61,6 +63,44 @@ def prebuild_deepspeed_cpu_ops(env: dict[str, str]) -> None:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=900)
     print(f"[slurm] DeepSpeed CPU ops ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory, slurm_job_env) -> tuple[Path, Path]:
+    """(data config, run config) for a tiny synthetic world written on the submit host."""
+    root = tmp_path_factory.mktemp("slurm-world")
+    subprocess.run([sys.executable, "-m", "ovdet.cli", "synth", "--out", str(root / "world"), "synth.image_size=64",
+                    "synth.num_detection=32", "synth.num_grounding=16", "synth.num_image_text=32", "synth.num_eval=8"],
+                   check=True, capture_output=True, cwd=REPO)
+    data = yaml.safe_load((REPO / "configs" / "data" / "synthetic.yaml").read_text())
+    data.update(root=str(root / "world"), samples_per_shard=16)
+    data_config = root / "data.yaml"
+    data_config.write_text(yaml.safe_dump(data))
+    run_config = root / "run.yaml"
+    run_config.write_text(yaml.safe_dump({"run_dir": str(root / "run"), "data": data}))
+    return data_config, run_config
+
+
+@pytest.fixture(scope="session")
+def shards(tiny_world, slurm_job_env, tmp_path_factory) -> Path:
+    """Shards written by `ovdet submit shard`: a Ray head started by srun inside the job."""
+    data_config, _ = tiny_world
+    run_dir = tmp_path_factory.mktemp("shard-run")
+    job_id = ovdet_submit("shard", data_config, run_dir, "--cpus-per-task", "2", env=slurm_job_env)
+    fields = wait_for_job(job_id, run_dir)
+    assert fields["JobState"] == "COMPLETED", job_logs(run_dir)
+    return run_dir / "shards"
+
+
+@pytest.fixture(scope="session")
+def one_node_run(tiny_world, shards, slurm_job_env, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """(run folder, `scontrol show job` fields) of 6 steps with 2 ranks on one node, on the one-node
+    cluster: tested in test_slurm_cluster.py, the reference of the two-node run."""
+    _, run_config = tiny_world
+    run_dir = tmp_path_factory.mktemp("one-node") / "run"
+    fields = submit_and_wait(run_config, run_dir, ["--nodes", "1", "--gpus-per-node", "0", "--ntasks", "2"], shards,
+                             6, slurm_job_env)  # fmt: skip
+    return run_dir, fields
 
 
 TWO_NODES = ("ci-node1", "ci-node2")

@@ -18,42 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import test_slurm_cluster as one_node
-from test_slurm_cluster import TINY_TRAINING, job_logs, ovdet_submit, read_metrics, wait_for_job
+from slurm_jobs import read_metrics, submit_and_wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
-# The one-node module's world and shards, built again for this module (on the one-node cluster).
-tiny_world, shards = one_node.tiny_world, one_node.shards
 
 RECORD_PLACEMENT = """#!/bin/sh
 echo "$SLURM_JOB_ID $SLURM_PROCID $SLURM_NODEID $SLURMD_NODENAME" >> "$OVDET_TEST_PLACEMENT"
 """
 
 
-def training_args(shards: Path, steps: int) -> list[str]:
-    return [f"loader.shard_dirs=[{shards}]", *TINY_TRAINING, "train.min_lr_ratio=1.0", f"train.steps={steps}",
-            "train.checkpoint_every=2", "train.log_every=2"]
-
-
-def submit_and_wait(run_config: Path, run_dir: Path, resources: list[str], shards: Path, steps: int,
-                    env: dict[str, str]) -> dict[str, str]:
-    job_id = ovdet_submit("train", run_config, run_dir, *resources, *training_args(shards, steps), env=env)
-    fields = wait_for_job(job_id, run_dir)
-    assert fields["JobState"] == "COMPLETED", job_logs(run_dir)
-    return fields
-
-
 def losses(train_dir: Path) -> list[tuple[int, float]]:
     return [(row["step"], row["loss"]) for row in read_metrics(train_dir)]
-
-
-@pytest.fixture(scope="module")
-def one_node_run(tiny_world, shards, slurm_job_env, tmp_path_factory) -> Path:
-    """6 steps, 2 ranks on one node, on the one-node cluster: the reference run folder."""
-    _, run_config = tiny_world
-    run_dir = tmp_path_factory.mktemp("one-node") / "run"
-    submit_and_wait(run_config, run_dir, ["--nodes", "1", "--ntasks", "2"], shards, 6, slurm_job_env)
-    return run_dir
 
 
 @dataclass
@@ -101,7 +76,7 @@ def test_two_node_run_resumes_from_its_checkpoint_and_ends_with_a_final_model(tw
 
 
 def test_two_node_losses_equal_one_node_two_rank_losses(two_node_run, one_node_run):
-    two_nodes, one_node = losses(two_node_run.run_dir / "train"), losses(one_node_run / "train")
+    two_nodes, one_node = losses(two_node_run.run_dir / "train"), losses(one_node_run[0] / "train")
     assert [step for step, _ in one_node] == [2, 4, 6]
     assert [step for step, _ in two_nodes] == [2, 4, 6]
     # Bitwise equal here (ZeRO stage 0); 1e-6 is the two-rank resume tolerance of tests/train/test_train_resume.py.

@@ -1,44 +1,14 @@
-"""Session fixtures: one tiny synthetic world, sharded once, shared by every trainer test."""
+"""Session fixtures of the trainer tests: reference runs on the tiny world (``tiny_shards``, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
-from train_runs import BIN, REPO, TWO_RANKS, clean_env, describe, run_train
+from train_runs import TWO_RANKS, describe, run_train
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed picks an accelerator in-process
-
-TINY_WORLD = ["synth.image_size=64", "synth.num_detection=32", "synth.num_grounding=16",
-              "synth.num_image_text=32", "synth.num_eval=8"]  # fmt: skip
-
-
-def data_config(world: Path) -> str:
-    """configs/data/synthetic.yaml with ``root`` at ``world`` and 16 samples per shard."""
-    text = (REPO / "configs" / "data" / "synthetic.yaml").read_text()
-    lines = [f"root: {world}" if line.startswith("root:") else line for line in text.splitlines()]
-    lines = ["samples_per_shard: 16" if line.startswith("samples_per_shard:") else line for line in lines]
-    return "\n".join(lines) + "\n"
-
-
-@pytest.fixture(scope="session")
-def tiny_shards(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny-world")
-    world, shards, config = root / "world", root / "shards", root / "data.yaml"
-    env = clean_env()
-    subprocess.run(
-        [str(BIN / "ovdet"), "synth", "--out", str(world), *TINY_WORLD],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    config.write_text(data_config(world))
-    subprocess.run([str(BIN / "ovdet"), "shard", "--config", str(config), "--out", str(shards)], env=env, check=True,
-                   capture_output=True)  # fmt: skip
-    return shards
-
 
 @pytest.fixture(scope="session")
 def uninterrupted_run(tiny_shards, tmp_path_factory) -> Path:

@@ -1,10 +1,16 @@
 """Data parallelism: 2 ranks x batch b follow the loss curve of 1 rank x batch 2b (the logged loss
-is the mean over ranks), under the deepspeed launcher (ZeRO-0 and ZeRO-2) and under torchrun."""
+is the mean over ranks), under the deepspeed launcher with ZeRO-0 and ZeRO-2.
+
+The references are the session's runs (tests/train/conftest.py): ``uninterrupted_run`` is 1 rank x
+batch 4, ``two_rank_run`` is 2 ranks x batch 2 with ZeRO-2; checkpoints do not change what they
+train. torchrun's 2 ranks are held to the deepspeed launcher's within 1e-6 in test_multi_node.py."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from train_runs import describe, final_weights, max_abs_difference, metrics, run_train
+from train_runs import TWO_RANKS, describe, final_weights, max_abs_difference, metrics, run_train
 
 TOLERANCE = 1e-4  # relative; the ranks encode text subsets, so float sums differ slightly
 # Every term is a per-rank sum divided by an all-reduced count (positives, caption positives).
@@ -13,18 +19,23 @@ GLOBALLY_NORMALIZED = ("loss_labels", "loss_l1", "loss_smooth_l1", "loss_iou", "
 
 
 @pytest.fixture(scope="module")
-def one_rank_batch_4(tiny_shards, tmp_path_factory):
-    out = tmp_path_factory.mktemp("one-rank") / "train"
-    result = run_train(out, tiny_shards, loader__batch_size=4, train__checkpoint_every=0)
-    assert result.returncode == 0, describe(result)
-    return out
+def one_rank_batch_4(uninterrupted_run):
+    assert run_config(uninterrupted_run)["loader"]["batch_size"] == 4
+    return uninterrupted_run
 
 
-@pytest.fixture(scope="module", params=["deepspeed-zero0", "deepspeed-zero2", "torchrun-zero0"])
-def two_ranks_batch_2(request, tiny_shards, tmp_path_factory):
-    launcher, zero = request.param.split("-")
+def run_config(out) -> dict:
+    return json.loads((out / "config.json").read_text())
+
+
+@pytest.fixture(scope="module", params=["zero0", "zero2"])
+def two_ranks_batch_2(request, tiny_shards, two_rank_run, tmp_path_factory):
+    if request.param == "zero2":
+        assert run_config(two_rank_run)["train"]["zero_stage"] == 2
+        assert run_config(two_rank_run)["loader"]["batch_size"] == 2
+        return two_rank_run
     out = tmp_path_factory.mktemp(request.param) / "train"
-    result = run_train(out, tiny_shards, launcher, loader__batch_size=2, train__zero_stage=int(zero[-1]),
+    result = run_train(out, tiny_shards, "deepspeed", **{**TWO_RANKS, "train__zero_stage": 0},
                        train__checkpoint_every=0)  # fmt: skip
     assert result.returncode == 0, describe(result)
     return out
