@@ -34,6 +34,9 @@ REMOVED_KEYS = {
 class SynthConfig:
     """The synthetic open-vocabulary world (``ovdet synth``)."""
 
+    # compositional: novel names combine base words; novel-words: novel names use words no base name
+    # (so no box) carries, taught only by image-text captions. docs/synthetic.md
+    world: Literal["compositional", "novel-words"] = "compositional"
     seed: int = 0
     image_size: int = 192
     num_detection: int = 600

@@ -21,12 +21,12 @@ from tqdm import tqdm
 
 from ovdet.config import SynthConfig
 from ovdet.data.synthetic_scenes import (
-    CATEGORIES,
-    NOVEL_NAMES,
     SPLITS,
     SynthImage,
     category_synonyms,
+    novel_names,
     sample_image,
+    world_categories,
 )
 from ovdet.errors import OvdetError
 from ovdet.fileio import read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic
@@ -80,8 +80,8 @@ def image_text_line(image: SynthImage) -> dict[str, Any]:
     return {"image": image.file_name, "caption": caption}
 
 
-def coco_dataset(images: list[SynthImage], with_novel: bool) -> dict[str, Any]:
-    """COCO detection JSON listing all 48 categories; novel objects are annotated only ``with_novel``."""
+def coco_dataset(images: list[SynthImage], with_novel: bool, world: str) -> dict[str, Any]:
+    """COCO detection JSON listing all the world's categories; novel objects are annotated only ``with_novel``."""
     coco_images, annotations = [], []
     for image_id, image in enumerate(images, start=1):
         coco_images.append(
@@ -101,11 +101,11 @@ def coco_dataset(images: list[SynthImage], with_novel: bool) -> dict[str, Any]:
                     "iscrowd": 0,
                 }
             )
-    categories = [{"id": c["id"], "name": c["name"], "supercategory": c["shape"]} for c in CATEGORIES]
+    categories = [{"id": c["id"], "name": c["name"], "supercategory": c["shape"]} for c in world_categories(world)]
     return {"images": coco_images, "annotations": annotations, "categories": categories}
 
 
-def vocab_document() -> dict[str, Any]:
+def vocab_document(world: str) -> dict[str, Any]:
     categories = [
         {
             "id": c["id"],
@@ -113,7 +113,7 @@ def vocab_document() -> dict[str, Any]:
             "split": c["split"],
             "synonyms": category_synonyms(c["colour"], c["shape"]),
         }
-        for c in CATEGORIES
+        for c in world_categories(world)
     ]
     return {"categories": categories, "prompts": ["a photo of a {}."]}
 
@@ -172,8 +172,8 @@ def world_summary(cfg: SynthConfig, counts: dict[str, dict[str, int]]) -> dict[s
             "eval": "eval.json",
             "vocab": "vocab.yaml",
         },
-        "num_categories": len(CATEGORIES),
-        "novel_names": NOVEL_NAMES,
+        "num_categories": len(world_categories(cfg.world)),
+        "novel_names": novel_names(cfg.world),
     }
 
 
@@ -184,7 +184,7 @@ def existing_world(cfg: SynthConfig, out_dir: Path, overwrite: bool) -> dict[str
     marker = out_dir / "world.json"
     found = read_json(marker, dict) if marker.is_file() else None
     wanted = world_summary(cfg, {})
-    if found and found.get("format_version") == FORMAT_VERSION and found.get("config") == wanted["config"]:
+    if found and found.get("format_version") == FORMAT_VERSION and stored_config(found) == wanted["config"]:
         return found
     if overwrite:
         clear_world(out_dir)
@@ -193,6 +193,12 @@ def existing_world(cfg: SynthConfig, out_dir: Path, overwrite: bool) -> dict[str
         "a different world (see its world.json)" if found else "files but no world.json (an interrupted run?)"
     )
     raise OvdetError(f"{out_dir}: holds {what}; pick another folder or overwrite it (overwrite=True)")
+
+
+def stored_config(summary: dict[str, Any]) -> dict[str, Any]:
+    """A world.json's config, keys it predates at their defaults (a world drawn before ``synth.world``
+    existed is the compositional world, and still the same world)."""
+    return {**dataclasses.asdict(SynthConfig()), **summary.get("config", {})}
 
 
 def clear_world(out_dir: Path) -> None:
@@ -221,16 +227,16 @@ def generate_world(
     total = sum(split_size(cfg, split) for split in SPLITS)
     with tqdm(total=total, desc="synth", unit="img", file=sys.stderr, disable=not progress) as bar:
         images = {split: generate_split(cfg, out_dir, split, bar) for split in SPLITS}
-    counts = write_annotations(out_dir, images)
+    counts = write_annotations(out_dir, images, cfg.world)
     summary = world_summary(cfg, counts)
     write_json_atomic(out_dir / "world.json", summary, indent=2, sort_keys=False)
     return {**summary, "out_dir": str(out_dir)}
 
 
-def write_annotations(out_dir: Path, images: dict[str, list[SynthImage]]) -> dict[str, dict[str, int]]:
+def write_annotations(out_dir: Path, images: dict[str, list[SynthImage]], world: str) -> dict[str, dict[str, int]]:
     """Write every split's annotation file and the vocabulary; return per-split counts."""
-    detection = coco_dataset(images["detection"], with_novel=False)
-    evaluation = coco_dataset(images["eval"], with_novel=True)
+    detection = coco_dataset(images["detection"], with_novel=False, world=world)
+    evaluation = coco_dataset(images["eval"], with_novel=True, world=world)
     grounding = [odvg_line(image) for image in images["grounding"]]
     write_json_atomic(out_dir / "detection_train.json", detection, indent=None, sort_keys=False)
     write_json_atomic(out_dir / "eval.json", evaluation, indent=None, sort_keys=False)
@@ -238,7 +244,7 @@ def write_annotations(out_dir: Path, images: dict[str, list[SynthImage]]) -> dic
     write_jsonl_atomic(
         out_dir / "image_text_train.jsonl", [image_text_line(image) for image in images["image_text"]]
     )
-    write_text_atomic(out_dir / "vocab.yaml", yaml.safe_dump(vocab_document(), sort_keys=False))
+    write_text_atomic(out_dir / "vocab.yaml", yaml.safe_dump(vocab_document(world), sort_keys=False))
     return {
         "detection": {"images": len(detection["images"]), "annotations": len(detection["annotations"])},
         "grounding": {

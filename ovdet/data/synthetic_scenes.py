@@ -1,9 +1,16 @@
-"""The synthetic world's scenes: its 48 categories and how one image of them is drawn.
+"""The synthetic worlds' scenes: their categories and how one image of them is drawn.
 
-Categories are colour x shape ("red circle", "blue star", ...); a fixed quarter of them is novel
-(``is_novel``). ``sample_image(cfg, split, index)`` draws image ``index`` of ``split``: a textured
-background and objects placed so that each keeps most of its pixels visible, each with its tight
-box and pixel area. Writing the world's files is ``ovdet.data.synthetic``'s job.
+Categories are colour x shape ("red circle", "blue star", ...). Two worlds (``synth.world``):
+
+- ``compositional``: 6 colours x 8 shapes, a fixed quarter of them novel (``is_novel``). Every
+  novel name combines words that base names teach ("red circle" from "red square" and "blue circle").
+- ``novel-words``: those 48 categories are all base; the novel ones are 3 new colours x 3 new
+  shapes ("pink crescent", "cyan ring", "white arrow"), words that occur in no base name and so in
+  no detection or grounding record. Only image-text captions name them, as they name base objects.
+
+``sample_image(cfg, split, index)`` draws image ``index`` of ``split``: a textured background and
+objects placed so that each keeps most of its pixels visible, each with its tight box and pixel
+area. Writing the world's files is ``ovdet.data.synthetic``'s job.
 
 Determinism: image ``i`` of split ``s`` draws from its own stream,
 ``SeedSequence(seed, spawn_key=(s, i))``, so an image depends only on the seed, the split, its
@@ -12,6 +19,7 @@ index and the drawing parameters, never on the other splits' sizes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +39,16 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (250, 135, 20),
 }
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "diamond", "cross", "heart")
+WORLDS = ("compositional", "novel-words")
+# The novel-words world's novel vocabulary: colours far from the base colours and from the grey and
+# brown backgrounds, shapes unlike any base outline (an arrow, a crescent, a ring with its hole).
+NOVEL_WORD_COLOURS: dict[str, tuple[int, int, int]] = {
+    "pink": (245, 110, 185),
+    "cyan": (25, 215, 225),
+    "white": (248, 248, 244),
+}
+NOVEL_WORD_SHAPES = ("arrow", "crescent", "ring")
+PALETTE = {**COLOURS, **NOVEL_WORD_COLOURS}
 
 COLOUR_SYNONYMS: dict[str, list[str]] = {
     "red": ["crimson", "scarlet"],
@@ -39,6 +57,9 @@ COLOUR_SYNONYMS: dict[str, list[str]] = {
     "yellow": ["golden"],
     "purple": ["violet"],
     "orange": ["amber"],
+    "pink": ["rose"],
+    "cyan": ["turquoise"],
+    "white": ["ivory"],
 }
 SHAPE_SYNONYMS: dict[str, list[str]] = {
     "circle": ["disc"],
@@ -49,6 +70,9 @@ SHAPE_SYNONYMS: dict[str, list[str]] = {
     "diamond": ["rhombus", "lozenge"],
     "cross": ["plus sign"],
     "heart": ["love heart"],
+    "arrow": ["pointer"],
+    "crescent": ["sickle"],
+    "ring": ["hoop"],
 }
 
 CAPTION_TEMPLATES = (
@@ -67,26 +91,44 @@ def is_novel(colour_index: int, shape_index: int) -> bool:
     return shape_index in ((2 * colour_index) % len(SHAPES), (2 * colour_index + 1) % len(SHAPES))
 
 
-def build_categories() -> list[dict[str, Any]]:
-    """The 48 categories, ids 1..48 in colour-major order."""
+def build_categories(world: str = "compositional") -> list[dict[str, Any]]:
+    """The world's categories: the 48 colour x shape ones, ids 1..48 in colour-major order, then (in
+    ``novel-words``) the 9 new-word ones, ids 49..57."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown synthetic world {world!r}; one of {list(WORLDS)}")
     categories = []
     for c, colour in enumerate(COLOURS):
         for s, shape in enumerate(SHAPES):
-            categories.append(
-                {
-                    "id": 1 + c * len(SHAPES) + s,
-                    "name": f"{colour} {shape}",
-                    "colour": colour,
-                    "shape": shape,
-                    "split": "novel" if is_novel(c, s) else "base",
-                }
-            )
+            novel = world == "compositional" and is_novel(c, s)
+            categories.append(category(len(categories) + 1, colour, shape, novel))
+    if world == "novel-words":
+        for colour in NOVEL_WORD_COLOURS:
+            for shape in NOVEL_WORD_SHAPES:
+                categories.append(category(len(categories) + 1, colour, shape, novel=True))
     return categories
 
 
-CATEGORIES = build_categories()
-NOVEL_NAMES = [c["name"] for c in CATEGORIES if c["split"] == "novel"]
-BASE_IDS = [c["id"] for c in CATEGORIES if c["split"] == "base"]
+def category(category_id: int, colour: str, shape: str, novel: bool) -> dict[str, Any]:
+    return {"id": category_id, "name": f"{colour} {shape}", "colour": colour, "shape": shape,
+            "split": "novel" if novel else "base"}  # fmt: skip
+
+
+@functools.cache
+def world_categories(world: str) -> tuple[dict[str, Any], ...]:
+    return tuple(build_categories(world))
+
+
+def novel_names(world: str) -> list[str]:
+    return [c["name"] for c in world_categories(world) if c["split"] == "novel"]
+
+
+def base_ids(world: str) -> list[int]:
+    return [c["id"] for c in world_categories(world) if c["split"] == "base"]
+
+
+CATEGORIES = build_categories()  # the compositional world's
+NOVEL_NAMES = novel_names("compositional")
+BASE_IDS = base_ids("compositional")
 
 
 def category_synonyms(colour: str, shape: str) -> list[str]:
@@ -147,6 +189,16 @@ UNIT_POLYGONS: dict[str, np.ndarray] = {
     "diamond": np.array([[0.0, -0.5], [0.3, 0.0], [0.0, 0.5], [-0.3, 0.0]]),
     "cross": cross_polygon(),
     "heart": heart_polygon(),
+    "arrow": np.array([[-0.5, -0.12], [0.08, -0.12], [0.08, -0.36], [0.5, 0.0], [0.08, 0.36], [0.08, 0.12],
+                       [-0.5, 0.12]]),  # fmt: skip
+    "crescent": regular_polygon(48, 0.5),
+    "ring": regular_polygon(48, 0.5),
+}
+# Shapes with a hole cut out of their outline (same rotation and position): the ring's is concentric,
+# the crescent's is a disc shifted right that leaves the left third of the outer disc.
+UNIT_HOLES: dict[str, np.ndarray] = {
+    "crescent": regular_polygon(48, 0.45) + np.array([0.22, 0.0]),
+    "ring": regular_polygon(48, 0.28),
 }
 
 
@@ -158,10 +210,7 @@ class SynthObject:
     name: str
     box: list[float]
     area: float
-
-    @property
-    def is_novel(self) -> bool:
-        return CATEGORIES[self.category_id - 1]["split"] == "novel"
+    is_novel: bool
 
 
 @dataclass
@@ -190,21 +239,23 @@ def sample_image(cfg: SynthConfig, split: str, index: int) -> SynthImage:
     rng = image_rng(cfg.seed, split, index)
     size = cfg.image_size
     pixels = draw_background(rng, size)
+    categories = world_categories(cfg.world)
     category_ids = sample_categories(rng, cfg, needs_base=split in ("detection", "grounding"))
     objects = []
     for category_id, mask in place_objects(rng, cfg, category_ids):
-        paint_object(rng, pixels, mask, CATEGORIES[category_id - 1]["colour"])
-        objects.append(describe_object(category_id, mask))
+        paint_object(rng, pixels, mask, categories[category_id - 1]["colour"])
+        objects.append(describe_object(categories[category_id - 1], mask))
     template = CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))]
     return SynthImage(split, index, size, size, objects, template, np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 def sample_categories(rng: np.random.Generator, cfg: SynthConfig, needs_base: bool) -> list[int]:
-    """Uniform over all 48 categories; training images with boxes get at least one base object."""
+    """Uniform over the world's categories; training images with boxes get at least one base object."""
     count = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
-    ids = [int(i) for i in rng.integers(1, len(CATEGORIES) + 1, size=count)]
-    if needs_base and not any(i in BASE_IDS for i in ids):
-        ids[0] = BASE_IDS[rng.integers(len(BASE_IDS))]
+    ids = [int(i) for i in rng.integers(1, len(world_categories(cfg.world)) + 1, size=count)]
+    base = base_ids(cfg.world)
+    if needs_base and not any(i in base for i in ids):
+        ids[0] = base[rng.integers(len(base))]
     return ids
 
 
@@ -247,7 +298,7 @@ def place_objects(
     for number, category_id in enumerate(category_ids):
         attempts = PLACEMENT_ATTEMPTS * (100 if number < cfg.min_objects else 1)
         for _ in range(attempts):
-            mask = object_mask(rng, cfg, CATEGORIES[category_id - 1]["shape"])
+            mask = object_mask(rng, cfg, world_categories(cfg.world)[category_id - 1]["shape"])
             remaining = [v & ~mask for v in visible]
             if all(
                 r.sum() >= MIN_VISIBLE_FRACTION * m.sum() for r, (_, m) in zip(remaining, placed, strict=True)
@@ -268,18 +319,21 @@ def object_mask(rng: np.random.Generator, cfg: SynthConfig, shape: str) -> np.nd
     low, high = points.min(0), points.max(0)
     offset = rng.uniform(-low, np.maximum(size - high, -low))
     canvas = Image.new("1", (size, size), 0)
-    ImageDraw.Draw(canvas).polygon([tuple(p) for p in (points + offset).tolist()], fill=1)
+    draw = ImageDraw.Draw(canvas)
+    draw.polygon([tuple(p) for p in (points + offset).tolist()], fill=1)
+    if shape in UNIT_HOLES:
+        draw.polygon([tuple(p) for p in (side * UNIT_HOLES[shape] @ rotation.T + offset).tolist()], fill=0)
     return np.asarray(canvas)
 
 
 def paint_object(rng: np.random.Generator, pixels: np.ndarray, mask: np.ndarray, colour: str) -> None:
     """Fill ``mask`` with the colour, jittered in brightness and hue a little, plus pixel grain."""
-    base = np.array(COLOURS[colour], dtype=np.float64)
+    base = np.array(PALETTE[colour], dtype=np.float64)
     tone = base + rng.uniform(-20, 20) + rng.uniform(-8, 8, 3)
     pixels[mask] = tone + rng.normal(0, 4, (int(mask.sum()), 3))
 
 
-def describe_object(category_id: int, mask: np.ndarray) -> SynthObject:
+def describe_object(category: dict[str, Any], mask: np.ndarray) -> SynthObject:
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     box = [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
-    return SynthObject(category_id, CATEGORIES[category_id - 1]["name"], box, float(mask.sum()))
+    return SynthObject(category["id"], category["name"], box, float(mask.sum()), category["split"] == "novel")

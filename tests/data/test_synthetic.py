@@ -228,3 +228,101 @@ def test_a_non_empty_dir_without_a_world_raises(tmp_path):
 def test_invalid_config_raises_naming_the_key(tmp_path):
     with pytest.raises(OvdetError, match="max_scale"):
         generate_world(small_config(max_scale=0.9), tmp_path, progress=False)
+
+
+# ---- the novel-words world: novel names use words no base name carries
+
+
+@pytest.fixture(scope="module")
+def novel_words_world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("novel-words")
+    generate_world(small_config(world="novel-words", num_detection=30, num_grounding=30, num_image_text=40,
+                                num_eval=30), out, progress=False)  # fmt: skip
+    return out
+
+
+def words(text: str) -> set[str]:
+    return set(text.lower().replace(",", " ").replace(".", " ").split())
+
+
+def test_novel_words_world_keeps_the_48_as_base_and_adds_nine_new_word_categories(novel_words_world):
+    vocab = yaml.safe_load((novel_words_world / "vocab.yaml").read_text())["categories"]
+    assert [c["name"] for c in vocab[:48]] == [c["name"] for c in CATEGORIES]
+    assert {c["split"] for c in vocab[:48]} == {"base"}
+    novel = [c["name"] for c in vocab if c["split"] == "novel"]
+    assert len(vocab) == 57 and len(novel) == 9 and "pink crescent" in novel and "white arrow" in novel
+    base_words = set().union(*(words(c["name"]) for c in vocab if c["split"] == "base"))
+    for name in novel:  # both words of every novel name are new; a synonym swaps one of them
+        assert words(name).isdisjoint(base_words), name
+    summary = json.loads((novel_words_world / "world.json").read_text())
+    assert summary["novel_names"] == novel and summary["config"]["world"] == "novel-words"
+
+
+def test_no_novel_word_in_any_box_bearing_record(novel_words_world):
+    vocab = yaml.safe_load((novel_words_world / "vocab.yaml").read_text())["categories"]
+    base_words = set().union(*(words(c["name"]) for c in vocab if c["split"] == "base"))
+    novel_words = set().union(*(words(c["name"]) for c in vocab if c["split"] == "novel")) - base_words
+    novel_ids = {c["id"] for c in vocab if c["split"] == "novel"}
+    detection = json.loads((novel_words_world / "detection_train.json").read_text())
+    assert detection["annotations"] and all(a["category_id"] not in novel_ids for a in detection["annotations"])
+    rows = read_jsonl(novel_words_world / "grounding_train.jsonl")
+    for row in rows:
+        assert words(row["grounding"]["caption"]).isdisjoint(novel_words), row["grounding"]["caption"]
+        assert all(words(r["phrase"]).isdisjoint(novel_words) for r in row["grounding"]["regions"])
+    # the images themselves do hold novel objects, unannotated, as real detection data does
+    drawn = [o for i in range(30) for o in sample_image(small_config(world="novel-words"), "detection", i).objects]
+    assert any(o.is_novel for o in drawn)
+
+
+def test_novel_words_reach_training_only_through_image_text_captions(novel_words_world):
+    vocab = yaml.safe_load((novel_words_world / "vocab.yaml").read_text())["categories"]
+    novel = {c["name"] for c in vocab if c["split"] == "novel"}
+    captions = [row["caption"] for row in read_jsonl(novel_words_world / "image_text_train.jsonl")]
+    named = {name for caption in captions for name in novel if name in caption}
+    assert len(named) >= 5  # 40 captions name most of the nine
+    evaluation = json.loads((novel_words_world / "eval.json").read_text())
+    novel_ids = {c["id"] for c in vocab if c["split"] == "novel"}
+    assert any(a["category_id"] in novel_ids for a in evaluation["annotations"])
+    assert [c["name"] for c in evaluation["categories"]] == [c["name"] for c in vocab]
+
+
+@pytest.mark.parametrize("shape", ["arrow", "crescent", "ring"])
+def test_new_shapes_are_drawn_with_their_outline_and_hole(shape):
+    """Pixel area of the unit shape against its bounding box: a ring keeps its hole (about 0.53 of its
+    box), a crescent is a sliver (about 0.3), an arrow about 0.45; base circles fill about 0.78."""
+    import numpy as np
+
+    from ovdet.data.synthetic_scenes import object_mask
+
+    config = small_config(image_size=192, min_scale=0.5, max_scale=0.5)
+    fills = []
+    for seed in range(8):
+        mask = object_mask(np.random.default_rng(seed), config, shape)
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        fills.append(mask.sum() / ((rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)))
+    expected = {"arrow": (0.3, 0.6), "crescent": (0.15, 0.45), "ring": (0.45, 0.62)}[shape]
+    assert all(expected[0] <= fill <= expected[1] for fill in fills), fills
+    if shape == "ring":  # the centre pixel is background
+        mask = object_mask(np.random.default_rng(0), config, shape)
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        assert not mask[(rows[0] + rows[-1]) // 2, (cols[0] + cols[-1]) // 2]
+
+
+def test_the_compositional_world_is_unchanged_by_the_second_world(world):
+    """Same images and files as before ``synth.world`` existed; a world.json written then (no
+    ``world`` key) is the same compositional world, so re-running over it is a no-op."""
+    summary = json.loads((world / "world.json").read_text())
+    assert summary["config"]["world"] == "compositional" and len(summary["novel_names"]) == 12
+    old = {**summary, "config": {k: v for k, v in summary["config"].items() if k != "world"}}
+    (world / "world.json").write_text(json.dumps(old))
+    try:
+        assert generate_world(small_config(), world, progress=False)["counts"]["detection"]["images"] == 6
+    finally:
+        (world / "world.json").write_text(json.dumps(summary, indent=2))
+
+
+def test_an_unknown_world_names_the_key():
+    from ovdet.config import load_config
+
+    with pytest.raises(OvdetError, match=r"synth\.world.*compositional.*novel-words"):
+        load_config(None, ["synth.world=fantasy"])
