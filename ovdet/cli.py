@@ -101,6 +101,25 @@ def cmd_shard(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_pseudo_label(args) -> int:
+    from ovdet.pipelines.pseudo_label import run_pseudo_label_stage
+    from ovdet.pipelines.shard_report import format_summary
+
+    cfg = resolve_config(args)
+    if args.ray_address:
+        cfg.pseudo_label.ray_address = args.ray_address
+    if maybe_print_config(args, cfg):
+        return 0
+    manifest = run_pseudo_label_stage(checked_model_argument(args.model), Path(args.shards), Path(args.out),
+                                      cfg.pseudo_label, args.source, overwrite=args.overwrite)  # fmt: skip
+    print("\n".join(format_summary(manifest)))
+    empty = [name for name, source in manifest["sources"].items() if source["written"] == 0]
+    for name in empty:
+        print(f"error: source {name}: no sample kept a box (read {manifest['sources'][name]['read']}); see "
+              f"{Path(args.out) / 'rejected.jsonl'}, or lower pseudo_label.threshold", file=sys.stderr)
+    return 1 if empty else 0
+
+
 def cmd_train(args) -> int:
     from ovdet.train.trainer import run_training
 
@@ -224,6 +243,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default="", help="Ray cluster to join (default: RAY_ADDRESS or a local cluster)")
     p.add_argument("--overwrite", action="store_true", help="replace shards of a different data config")
     p.set_defaults(func=cmd_shard)
+
+    p = sub.add_parser("pseudo-label", help="label image-text shards with a trained detector (OWL-ST), with Ray",
+                       description=(
+        "Run a trained detector over the image-text samples of a shard folder, query the names each caption "
+        "mentions (plus negatives), keep boxes by the pseudo_label.* rule, and write them as a detection "
+        "source (shards, manifest.json with provenance, rejected.jsonl) that `ovdet train` mixes via "
+        "loader.shard_dirs. Re-running resumes; --ray-address joins a running cluster."))
+    add_config_arguments(p)
+    p.add_argument("--model", required=True, help="training folder, model folder, published folder or hf:FOLDER")
+    p.add_argument("--shards", required=True, help="shard folder holding image_text sources (`ovdet shard`)")
+    p.add_argument("--out", required=True, help="output folder for the pseudo-labelled detection shards")
+    p.add_argument("--source", action="append", default=[], help="image_text source to label (repeat; default: all)")
+    p.add_argument("--ray-address", default="", help="Ray cluster to join (default: RAY_ADDRESS or a local cluster)")
+    p.add_argument("--overwrite", action="store_true", help="replace pseudo-labels of another model or rule")
+    p.set_defaults(func=cmd_pseudo_label)
 
     p = sub.add_parser("train", help="train the detector with DeepSpeed", description=(
         "Train from shards (loader.shard_dirs, default RUN_DIR/shards). Resumes from the latest checkpoint "

@@ -282,6 +282,45 @@ class EvalConfig:
 
 
 @dataclass
+class PseudoLabelConfig:
+    """``ovdet pseudo-label``: the rule that turns a detector's output on image-text samples into
+    boxes (OWL-ST), and how the Ray stage runs. pipelines/pseudo_label.py"""
+
+    threshold: float = 0.3  # keep a region whose best query is a caption name at this score or above
+    top_k: int = 3  # per image and caption name, at most this many regions
+    negatives: int = 20  # other vocabulary names queried beside the caption's (they compete for regions)
+    nms_iou: float = 0.5  # class-agnostic NMS: each region keeps its best-scoring query
+    max_regions: int = 100  # regions per image considered (highest scores first)
+    prompt_templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    seed: int = 0  # the negatives' draw, per sample key
+    weight: float = 1.0  # the written detection source's mixing weight in training
+    num_workers: int = 2  # Ray actors, one CPU (or one model copy) each
+    threads: int = 1  # torch threads per actor
+    batch_size: int = 8  # samples labelled between progress updates
+    ray_address: str = ""  # join this cluster (default: RAY_ADDRESS, else a local one of num_workers CPUs)
+
+    def __post_init__(self):
+        problems = []
+        if not 0 <= self.threshold <= 1:
+            problems.append(f"pseudo_label.threshold={self.threshold}: a score in [0, 1]")
+        for key in ("top_k", "num_workers", "batch_size", "max_regions"):
+            if getattr(self, key) < 1:
+                problems.append(f"pseudo_label.{key}={getattr(self, key)}: must be at least 1")
+        if self.negatives < 0 or self.threads < 0:
+            problems.append("pseudo_label.negatives and pseudo_label.threads must be >= 0")
+        if not 0 < self.nms_iou <= 1:
+            problems.append(f"pseudo_label.nms_iou={self.nms_iou}: an IoU threshold in (0, 1]")
+        if not self.prompt_templates or not all("{}" in t for t in self.prompt_templates):
+            problems.append(f"pseudo_label.prompt_templates={self.prompt_templates}: each needs a {{}} for the name")
+        if problems:
+            raise OvdetError("; ".join(problems))
+
+    @property
+    def num_cpus(self) -> int:  # of a local Ray cluster (pipelines.shard.init_ray)
+        return self.num_workers
+
+
+@dataclass
 class Config:
     """The whole tree; ``run_dir`` holds every stage's output."""
 
@@ -293,6 +332,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pseudo_label: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, cls: type = Config):
