@@ -127,6 +127,48 @@ def changed_settings(out: Path, arm: str, train_overrides: list[str]) -> list[st
     return [k for k in keys if not (k.startswith("loader.source_weights.") and k.split(".", 2)[2] not in ARMS[arm][1])]
 
 
+CODE_PATHS = ("ovdet", "pipelines", "configs", "requirements.lock")  # what decides a run's numbers
+
+
+def code_state() -> dict[str, str]:
+    """The commit and a digest of the code a run is trained with: the committed files under
+    ``CODE_PATHS`` plus uncommitted changes and untracked files there (``commit`` then ends in
+    ``+changes``). Stored per run in ``code.json``; a finished run is reused only with the same digest."""
+    import hashlib
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+    diff = git("diff", "HEAD", "--", *CODE_PATHS)
+    untracked = git("ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS).split()
+    digest = hashlib.sha256(git("ls-files", "-s", "--", *CODE_PATHS).encode() + diff.encode())
+    for name in untracked:
+        digest.update(name.encode() + (REPO / name).read_bytes())
+    commit = git("rev-parse", "--short=12", "HEAD").strip()
+    return {"commit": commit + ("+changes" if diff or untracked else ""), "code": digest.hexdigest()}
+
+
+def add_code_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reuse-across-code", action="store_true", help=(
+        "keep finished runs trained with other code (default: train them again); the tables name each "
+        "run's commit either way"))
+
+
+def run_commit(out: Path) -> str:
+    """The commit ``code.json`` records for a finished run ("unrecorded" for runs older than it)."""
+    path = out / "code.json"
+    return json.loads(path.read_text())["commit"] if path.exists() else "unrecorded"
+
+
+def commits_line(outs: list[Path]) -> str:
+    """"Runs trained at commit X" (or each commit with its run count) for a table's runs."""
+    counts: dict[str, int] = {}
+    for out in outs:
+        counts[run_commit(out)] = counts.get(run_commit(out), 0) + 1
+    listed = ", ".join(f"`{commit}` ({n} run{'s' * (n > 1)})" for commit, n in counts.items())
+    return f"Runs trained at commit {listed}."
+
+
 def shard_checksums(shards: Path, arm: str) -> dict[str, list[str]]:
     """The sha256 of every shard the arm trains on, per source (from the shard manifest)."""
     manifest = json.loads((shards / "manifest.json").read_text())["sources"]
@@ -151,12 +193,19 @@ def train_and_eval(arm: str, seed: int, args, world: Path, shards: Path, name: s
         changed = changed_settings(out, arm, train_overrides)
         if not (out / "data.json").exists() or json.loads((out / "data.json").read_text()) != data:
             changed.append("training shards")
+        stored = json.loads((out / "code.json").read_text()) if (out / "code.json").exists() else {}
+        if stored.get("code") != args.code["code"]:
+            if getattr(args, "reuse_across_code", False):
+                print(f"{out.name}: trained at commit {run_commit(out)}, kept (--reuse-across-code)", flush=True)
+            else:
+                changed.append(f"code (trained at {run_commit(out)}, now {args.code['commit']})")
         if changed:
             print(f"{out.name}: {', '.join(changed)} changed; training again", flush=True)
             shutil.rmtree(out)
     if not (out / "train" / "final" / "model.safetensors").exists():
         out.mkdir(parents=True, exist_ok=True)
         (out / "data.json").write_text(json.dumps(data, indent=1))
+        (out / "code.json").write_text(json.dumps(args.code, indent=1))
         run([*OVDET, "train", "--config", "configs/demo.yaml", "--out", str(out / "train"), *train_overrides],
             out / "train.log")
     if not (out / "eval" / "metrics.json").exists():
@@ -254,6 +303,7 @@ def results_markdown(table: dict, args, plot_name: str) -> str:
         row = table[arm]
         cells = [mean_spread(row[k][p]) for k in ("AP50", "AP") for p in PARTS]
         lines.append(f"| {arm} | {ARMS[arm][0]} | " + " | ".join(cells) + " |")
+    lines += ["", table["commits"]]
     a_novel = statistics.mean(table["A"]["AP50"]["novel"])
     c_base, c_novel = statistics.mean(table["C"]["AP50"]["base"]), statistics.mean(table["C"]["AP50"]["novel"])
     syn = table["C-synonyms"]["AP50"]
@@ -330,8 +380,9 @@ def main() -> None:
     parser.add_argument("--long-steps", type=int, default=0, help="also train the three arms this long (0: no)")
     parser.add_argument("--long-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--long-arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    add_code_arguments(parser)
     args = parser.parse_args()
-    args.out = args.out.resolve()
+    args.out, args.code = args.out.resolve(), code_state()
     world, shards = prepare_data(args.out)
     runs = {arm: [] for arm in ARMS}
     for seed in args.seeds:
@@ -345,6 +396,7 @@ def main() -> None:
                               for seed in args.variant_seeds]
         print(f"done: variant {name}", flush=True)
     table = collect(runs)
+    table["commits"] = commits_line([out for outs in runs.values() for out in outs])
     for arm in ("A", "C"):
         reference = [train_and_eval(arm, seed, args, world, shards) for seed in args.variant_seeds]
         table[f"{arm}-variant-seeds"] = metric_lists(reference, "eval")

@@ -20,7 +20,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ov_transfer import OVDET, REPO, mean_spread, metric_lists, prepare_data, run, train_and_eval  # noqa: E402
+from ov_transfer import (  # noqa: E402
+    OVDET,
+    REPO,
+    add_code_arguments,
+    code_state,
+    commits_line,
+    mean_spread,
+    metric_lists,
+    prepare_data,
+    run,
+    train_and_eval,
+)
 
 ARM = "B"  # the demo's sources: detection + grounding
 # name -> (what, overrides of configs/demo.yaml). Weights a recipe does not name keep the defaults
@@ -98,7 +109,8 @@ def evaluate_with_nms(out: Path, method: str, world: Path) -> Path:
 def row(name: str, what: str, outs: list[Path], overrides: list[str], folder: str = "eval") -> dict:
     metrics = metric_lists(outs, folder)
     return {"name": name, "what": what, "AP50": metrics["AP50"], "AP": metrics["AP"],
-            "steps_per_s": [steps_per_second(o) for o in outs], "assign_ms": assignment_ms(overrides)}
+            "steps_per_s": [steps_per_second(o) for o in outs], "assign_ms": assignment_ms(overrides),
+            "runs": [str(o) for o in outs]}
 
 
 def markdown(rows: list[dict], nms_rows: list[dict], args) -> str:
@@ -125,6 +137,7 @@ def markdown(rows: list[dict], nms_rows: list[dict], args) -> str:
         cells = [mean_spread(r["AP50"][p]) for p in ("base", "novel", "hm")] + [mean_spread(r["AP"][p]) for p in ("base", "novel", "hm")]
         lines.append(f"| {r['name']} | {r['what']} | " + " | ".join(cells)
                      + f" | {max(r['steps_per_s']):.2f} | {r['assign_ms']:.2f} |")
+    lines += ["", commits_line([Path(run) for r in rows for run in r["runs"]])]
     lines += ["", f"## NMS after the `{NMS_RECIPE}` recipe (same models, evaluated again)", "",
               "| eval.nms | AP50 base | AP50 novel | AP50 HM | AP base | AP novel | AP HM |", "|---|---|---|---|---|---|---|"]
     for r in nms_rows:
@@ -160,8 +173,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="train only these recipes/variants (default: all)")
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     parser.add_argument("--no-nms", action="store_true", help=f"skip the NMS rows (the {NMS_RECIPE} models re-evaluated)")
+    add_code_arguments(parser)
     args = parser.parse_args()
-    args.out, args.eval_every, args.val_images = args.out.resolve(), 0, 0
+    args.out, args.eval_every, args.val_images, args.code = args.out.resolve(), 0, 0, code_state()
     world, shards = prepare_data(args.out)
     rows, nms_rows = [], []
     for name, (what, overrides) in {**RECIPES, **VARIANTS}.items():
