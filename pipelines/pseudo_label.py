@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -278,30 +277,20 @@ def check_output_folder(out_dir: Path, identity: dict[str, str], cfg: PseudoLabe
 def run_actors(plans: list[LabelPlan], out_dir: Path, model: str, cfg: PseudoLabelConfig, pool: list[str],
                identity: dict[str, str], progress: bool) -> dict[str, dict]:
     """One actor per worker (``num_workers``, one CPU each), each labelling whole shards in turn."""
-    from ovdet.pipelines.shard import init_ray, ray_address
-
-    if ray_address(cfg) == "local":  # a cluster of its own stays on loopback (see pipelines/shard.py)
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
+    from ovdet.pipelines.shard import ray_session
     from ray.util import ActorPool
     from tqdm import tqdm
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        init_ray(cfg)
-    try:
+    with ray_session(cfg) as ray:
         actor = ray.remote(num_cpus=1)(Labeller)
         workers = [actor.remote(model, cfg, pool, identity) for _ in range(min(cfg.num_workers, len(plans)))]
-        actors = ActorPool(workers)
         entries = {}
         with tqdm(total=len(plans), desc="pseudo-label", unit="shard", disable=not progress) as bar:
-            for entry in actors.map_unordered(lambda a, plan: a.label_shard.remote(plan, str(out_dir.resolve())), plans):
+            label = lambda worker, plan: worker.label_shard.remote(plan, str(out_dir.resolve()))  # noqa: E731
+            for entry in ActorPool(workers).map_unordered(label, plans):
                 entries[entry["path"]] = entry
                 bar.update(1)
         return entries
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def build_manifest(input_manifest: dict[str, Any], plans: list[LabelPlan], entries: dict[str, dict],

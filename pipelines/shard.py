@@ -11,6 +11,7 @@ image is retried). Counts and their checks are in ``pipelines/shard_report.py``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -222,19 +223,31 @@ def check_output_folder(out_dir: Path, cfg: DataConfig, overwrite: bool) -> None
         raise OvdetError(f"{out_dir}: holds shards of a different data config; pass --overwrite to replace them")
 
 
-def run_ray_tasks(shards: list[ShardPlan], out_dir: Path, cfg: DataConfig, progress: bool) -> dict[str, dict]:
+@contextlib.contextmanager
+def ray_session(cfg):
+    """``ray``, initialised for ``cfg`` (its ``ray_address`` and ``num_cpus``) unless this process
+    already is; a cluster started here is shut down on exit."""
     if ray_address(cfg) == "local":
         # A cluster this process starts for itself, which nothing else joins: it stays on loopback.
         # Otherwise Ray takes the machine's outward address for 127.0.0.1 and listens on every
         # interface. Read when ray is first imported (ray._private.services.get_node_ip_address).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
-    from tqdm import tqdm
 
     started_here = not ray.is_initialized()
     if started_here:
         init_ray(cfg)
     try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def run_ray_tasks(shards: list[ShardPlan], out_dir: Path, cfg: DataConfig, progress: bool) -> dict[str, dict]:
+    from tqdm import tqdm
+
+    with ray_session(cfg) as ray:
         task = ray.remote(num_cpus=1)(write_shard)
         pending = {task.remote(shard, str(out_dir.resolve())): shard.path for shard in shards}
         entries: dict[str, dict] = {}
@@ -245,9 +258,6 @@ def run_ray_tasks(shards: list[ShardPlan], out_dir: Path, cfg: DataConfig, progr
                 entries[pending.pop(ready[0])] = entry
                 bar.update(1)
         return entries
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def ray_address(cfg: DataConfig) -> str:

@@ -9,7 +9,7 @@ import yaml
 
 from ovdet.cli import build_parser, main
 
-SUBCOMMANDS = ["synth", "shard", "train", "eval", "detect", "publish", "demo", "submit"]
+SUBCOMMANDS = ["synth", "shard", "pseudo-label", "train", "eval", "detect", "publish", "demo", "submit"]
 
 
 def subparsers_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
