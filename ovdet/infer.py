@@ -229,6 +229,24 @@ def open_image(item, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     return to_rgb(image)
 
 
+def load_detector(model: str | Path, threads: int = 0) -> Detector:
+    """``Detector.from_pretrained`` in a process of its own (a Ray actor): ``threads`` torch threads first."""
+    if threads:
+        torch.set_num_threads(threads)
+    return Detector.from_pretrained(model)
+
+
+def model_weights_file(model: str | Path) -> Path:
+    """The weights file of a model as ``--model`` names it (a folder, a training folder, ``hf:FOLDER``)."""
+    from ovdet.models.hf.common import HF_PREFIX, is_hf_name
+
+    folder = Path(str(model)[len(HF_PREFIX):]) if is_hf_name(str(model)) else resolve_model_folder(model)
+    weights = folder / MODEL_WEIGHTS
+    if not weights.is_file():
+        raise OvdetError(f"{model}: no {MODEL_WEIGHTS} in {folder}")
+    return weights
+
+
 def resolve_model_folder(path: str | Path) -> Path:
     """A model folder, a training folder's ``final/`` (``ovdet.runs``), or a Hub repo id downloaded."""
     folder = Path(path)

@@ -86,14 +86,13 @@ def plan_labels(shard_dir: Path, sources: list[str]) -> tuple[dict[str, Any], li
 
 def model_identity(model: str) -> dict[str, str]:
     """The model as given and the SHA-256 of its weights (what the fingerprint and provenance hold)."""
-    from ovdet.infer import MODEL_WEIGHTS, resolve_model_folder
-    from ovdet.models.hf.common import HF_PREFIX, is_hf_name
+    from ovdet.infer import model_weights_file
 
-    folder = Path(model[len(HF_PREFIX):]) if is_hf_name(model) else resolve_model_folder(model)
-    weights = folder / MODEL_WEIGHTS
-    if not weights.is_file():
-        raise OvdetError(f"{model}: no {MODEL_WEIGHTS} in {folder}; pseudo-label needs a trained model folder "
-                         "(a training folder, its final/, a published folder or hf:FOLDER)")
+    try:
+        weights = model_weights_file(model)
+    except OvdetError as exc:
+        raise OvdetError(f"{exc}; pseudo-label needs a trained model (a training folder, its final/, a published "
+                         "folder or hf:FOLDER)") from None
     return {"model": str(model), "weights_sha256": sha256_file(weights)}
 
 
@@ -143,13 +142,9 @@ class Labeller:
     """A Ray actor body: the detector loaded once, then whole shards labelled."""
 
     def __init__(self, model: str, cfg: PseudoLabelConfig, pool: list[str], identity: dict[str, str]):
-        import torch
+        from ovdet.infer import load_detector
 
-        from ovdet.infer import Detector
-
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.detector = Detector.from_pretrained(model)
+        self.detector = load_detector(model, cfg.threads)
         self.cfg, self.pool, self.identity = cfg, pool, identity
 
     def label_shard(self, plan: LabelPlan, out_dir: str) -> dict[str, Any]:
