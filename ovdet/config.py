@@ -296,14 +296,13 @@ class PseudoLabelConfig:
     weight: float = 1.0  # the written detection source's mixing weight in training
     num_workers: int = 2  # Ray actors, one CPU (or one model copy) each
     threads: int = 1  # torch threads per actor
-    batch_size: int = 8  # samples labelled between progress updates
     ray_address: str = ""  # join this cluster (default: RAY_ADDRESS, else a local one of num_workers CPUs)
 
     def __post_init__(self):
         problems = []
         if not 0 <= self.threshold <= 1:
             problems.append(f"pseudo_label.threshold={self.threshold}: a score in [0, 1]")
-        for key in ("top_k", "num_workers", "batch_size", "max_regions"):
+        for key in ("top_k", "num_workers", "max_regions"):
             if getattr(self, key) < 1:
                 problems.append(f"pseudo_label.{key}={getattr(self, key)}: must be at least 1")
         if self.negatives < 0 or self.threads < 0:

@@ -32,19 +32,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ovdet.pipelines.shard import finished_shard, ray_session, sidecar_of
+from ovdet.pipelines.shard_report import reason_counts
+
 from ovdet.config import PseudoLabelConfig
 from ovdet.data.records import Record
-from ovdet.data.shards import (
-    MANIFEST,
-    REJECTED,
-    checked_member,
-    index_tar,
-    read_manifest,
-    read_range,
-    write_tar_atomic,
-)
+from ovdet.data.shards import MANIFEST, REJECTED, index_tar, read_manifest, read_member, write_tar_atomic
 from ovdet.errors import OvdetError
-from ovdet.fileio import read_json, sha256_file, write_json_atomic, write_jsonl_atomic
+from ovdet.fileio import sha256_file, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 PREFIX = "pseudo-"
@@ -104,20 +99,7 @@ def fingerprint(plan: LabelPlan, identity: dict[str, str], cfg: PseudoLabelConfi
 
 def rule_settings(cfg: PseudoLabelConfig) -> dict[str, Any]:
     """What decides the labels (not how the stage runs)."""
-    return {k: v for k, v in asdict(cfg).items() if k not in ("ray_address", "num_workers", "threads", "batch_size")}
-
-
-def finished(plan: LabelPlan, out_dir: Path) -> dict[str, Any] | None:
-    """The sidecar entry of a shard already written with this fingerprint, whose bytes still match."""
-    target = out_dir / plan.path
-    done = target.with_name(target.name + ".done.json")
-    try:
-        previous = read_json(done, dict)
-    except OvdetError:
-        return None
-    if previous.get("fingerprint") == plan.fingerprint and target.exists() and sha256_file(target) == previous["sha256"]:
-        return previous
-    return None
+    return {k: v for k, v in asdict(cfg).items() if k not in ("ray_address", "num_workers", "threads")}
 
 
 def query_names(record: Record, pool: list[str], negatives: int, seed: int) -> tuple[list[str], list[str]]:
@@ -152,70 +134,62 @@ class Labeller:
         source = f"{PREFIX}{plan.source}"
         samples, rejected, names_written, boxes = [], [], set(), 0
         records = list(read_shard(Path(plan.input_path)))
-        for start in range(0, len(records), cfg.batch_size):
-            batch = records[start : start + cfg.batch_size]
-            for (record, jpeg), (names, kept) in zip(batch, self.label_batch(batch), strict=True):
-                if isinstance(kept, str):
-                    rejected.append(rejection(plan, record, kept))
-                    continue
-                if not names:
-                    rejected.append(rejection(plan, record, "empty caption: it names nothing to look for"))
-                    continue
-                if not kept:
-                    rejected.append(rejection(plan, record, f"no box scores >= {cfg.threshold} for {', '.join(names)}"))
-                    continue
-                out = Record(
-                    key=record.key, source=source, kind="detection", width=record.width, height=record.height,
-                    boxes=[[round(v, 2) for v in d.box_xyxy] for d in kept], category_ids=[-1] * len(kept),
-                    category_names=[d.label for d in kept], is_crowd=[0] * len(kept), caption=record.caption,
-                    meta={**record.meta, "pseudo_label": {"from": plan.source, "scores": [round(d.score, 5) for d in kept],
-                                                          **self.identity, "threshold": cfg.threshold}},
-                )  # fmt: skip
-                samples.append((record.key, jpeg, out.to_json()))
-                names_written.update(out.category_names)
-                boxes += len(kept)
+        for record, jpeg in records:
+            names, kept = self.label_sample(record, jpeg)
+            if isinstance(kept, str):  # the image does not decode
+                rejected.append(rejection(plan, record, kept))
+                continue
+            if not names:
+                rejected.append(rejection(plan, record, "empty caption: it names nothing to look for"))
+                continue
+            if not kept:
+                rejected.append(rejection(plan, record, f"no box above threshold: none scores >= {cfg.threshold} "
+                                                        f"for {', '.join(names)}"))  # fmt: skip
+                continue
+            out = Record(
+                key=record.key, source=source, kind="detection", width=record.width, height=record.height,
+                boxes=[[round(v, 2) for v in d.box_xyxy] for d in kept], category_ids=[-1] * len(kept),
+                category_names=[d.label for d in kept], is_crowd=[0] * len(kept), caption=record.caption,
+                meta={**record.meta, "pseudo_label": {"from": plan.source, "scores": [round(d.score, 5) for d in kept],
+                                                      **self.identity, "threshold": cfg.threshold}},
+            )  # fmt: skip
+            samples.append((record.key, jpeg, out.to_json()))
+            names_written.update(out.category_names)
+            boxes += len(kept)
         target = Path(out_dir) / plan.path
         write_tar_atomic(target, samples)
         entry = {"path": plan.path, "count": len(samples), "read": len(records), "bytes": target.stat().st_size,
                  "sha256": sha256_file(target), "fingerprint": plan.fingerprint, "rejected": rejected,
                  "boxes_written": boxes, "names": sorted(names_written)}  # fmt: skip
-        write_json_atomic(target.with_name(target.name + ".done.json"), entry, ensure_ascii=True)
+        write_json_atomic(sidecar_of(target), entry, ensure_ascii=True)
         return entry
 
-    def label_batch(self, batch) -> list[tuple[list[str], list | str]]:
-        """Per sample: (caption names, the detections kept, or why the image cannot be read). One
-        detect call per sample: each has its own queries."""
+    def label_sample(self, record: Record, jpeg: bytes) -> tuple[list[str], list | str]:
+        """(caption names, the detections kept, or why the image cannot be read). One detect call
+        per sample: each sample has its own queries."""
         from ovdet.data.images import decode, to_rgb
         from ovdet.errors import RecordError
         from ovdet.infer import MAX_IMAGE_PIXELS
 
-        results = []
-        for record, jpeg in batch:
-            names, negatives = query_names(record, self.pool, self.cfg.negatives, self.cfg.seed)
-            if not names:
-                results.append((names, []))
-                continue
-            try:
-                image = to_rgb(decode(record.key, jpeg, MAX_IMAGE_PIXELS)[0])
-            except RecordError as exc:
-                results.append((names, exc.reason))
-                continue
-            (found,) = self.detector.detect([image], names + negatives, templates=self.cfg.prompt_templates,
-                                            score_threshold=self.cfg.threshold, top_k=self.cfg.max_regions,
-                                            nms="agnostic", nms_iou=self.cfg.nms_iou)  # fmt: skip
-            results.append((names, select(found, names, self.cfg.threshold, self.cfg.top_k)))
-        return results
+        names, negatives = query_names(record, self.pool, self.cfg.negatives, self.cfg.seed)
+        if not names:
+            return names, []
+        try:
+            image = to_rgb(decode(record.key, jpeg, MAX_IMAGE_PIXELS)[0])
+        except RecordError as exc:
+            return names, exc.reason
+        (found,) = self.detector.detect([image], names + negatives, templates=self.cfg.prompt_templates,
+                                        score_threshold=self.cfg.threshold, top_k=self.cfg.max_regions,
+                                        nms="agnostic", nms_iou=self.cfg.nms_iou)  # fmt: skip
+        return names, select(found, names, self.cfg.threshold, self.cfg.top_k)
 
 
 def read_shard(path: Path):
     """``(record, jpeg bytes)`` of every sample of a shard, each member checked against its CRC."""
     with open(path, "rb") as stream:
         for location in index_tar(path):
-            jpeg = checked_member(path, location.key, "jpg", read_range(stream, location.jpg_offset, location.jpg_size),
-                                  location.jpg_size, location.jpg_crc32)  # fmt: skip
-            raw = checked_member(path, location.key, "json", read_range(stream, location.json_offset,
-                                 location.json_size), location.json_size, location.json_crc32)  # fmt: skip
-            yield Record.from_json(json.loads(raw)), jpeg
+            jpeg = read_member(stream, path, location, "jpg")
+            yield Record.from_json(json.loads(read_member(stream, path, location, "json"))), jpeg
 
 
 def rejection(plan: LabelPlan, record: Record, reason: str) -> dict[str, str]:
@@ -249,7 +223,7 @@ def run_pseudo_label_stage(model: str, shard_dir: Path, out_dir: Path, cfg: Pseu
         plan.fingerprint = fingerprint(plan, identity, cfg, pool)
     check_output_folder(out_dir, identity, cfg, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries = {plan.path: entry for plan in plans if (entry := finished(plan, out_dir))}
+    entries = {plan.path: entry for plan in plans if (entry := finished_shard(out_dir / plan.path, plan.fingerprint))}
     todo = [plan for plan in plans if plan.path not in entries]
     if todo:
         check_model_vocabulary(model, pool, cfg)
@@ -272,11 +246,11 @@ def check_output_folder(out_dir: Path, identity: dict[str, str], cfg: PseudoLabe
 def run_actors(plans: list[LabelPlan], out_dir: Path, model: str, cfg: PseudoLabelConfig, pool: list[str],
                identity: dict[str, str], progress: bool) -> dict[str, dict]:
     """One actor per worker (``num_workers``, one CPU each), each labelling whole shards in turn."""
-    from ovdet.pipelines.shard import ray_session
-    from ray.util import ActorPool
     from tqdm import tqdm
 
-    with ray_session(cfg) as ray:
+    with ray_session(cfg) as ray:  # imports ray after setting what its import reads
+        from ray.util import ActorPool
+
         actor = ray.remote(num_cpus=1)(Labeller)
         workers = [actor.remote(model, cfg, pool, identity) for _ in range(min(cfg.num_workers, len(plans)))]
         entries = {}
@@ -312,13 +286,3 @@ def build_manifest(input_manifest: dict[str, Any], plans: list[LabelPlan], entri
         sources[f"{PREFIX}{name}"] = entry
     return {"version": 1, "config": {}, "sources": sources,
             "pseudo_label": {**identity, "rule": rule_settings(cfg), "input": str(shard_dir.resolve())}}  # fmt: skip
-
-
-def reason_counts(rows: list[dict[str, str]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in rows:
-        reason = row["reason"]
-        kind = ("empty caption" if reason.startswith("empty caption")
-                else "no box above threshold" if reason.startswith("no box scores") else reason)  # fmt: skip
-        counts[kind] = counts.get(kind, 0) + 1
-    return counts

@@ -129,12 +129,9 @@ def write_shard(plan: ShardPlan, out_dir: str) -> dict[str, Any]:
     from ovdet.data.images import load_image
 
     target = Path(out_dir) / plan.path
-    done = target.with_name(target.name + ".done.json")
     fingerprint = plan.fingerprint()
-    previous = read_sidecar(done)
-    if previous and previous["fingerprint"] == fingerprint and target.exists():
-        if sha256_file(target) == previous["sha256"]:
-            return previous | {"skipped": True}
+    if (previous := finished_shard(target, fingerprint)) is not None:
+        return previous | {"skipped": True}
     samples, rejected, names, clipped, boxes_rejected = [], [], [], 0, 0
     for data in plan.records:
         data = dict(data)
@@ -163,8 +160,23 @@ def write_shard(plan: ShardPlan, out_dir: str) -> dict[str, Any]:
         "names": sorted(set(names)),
         "clipped_boxes": clipped,
     }
-    write_json_atomic(done, entry, ensure_ascii=True)
+    write_json_atomic(sidecar_of(target), entry, ensure_ascii=True)
     return entry | {"skipped": False}
+
+
+def sidecar_of(target: Path) -> Path:
+    """Where a shard's ``.done.json`` lives: beside it."""
+    return target.with_name(target.name + ".done.json")
+
+
+def finished_shard(target: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The sidecar entry of ``target`` when it was written with ``fingerprint`` and its bytes still
+    match the checksum recorded then; None when it must be (re)written."""
+    previous = read_sidecar(sidecar_of(target))
+    if previous and previous["fingerprint"] == fingerprint and target.exists():
+        if sha256_file(target) == previous["sha256"]:
+            return previous
+    return None
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:

@@ -163,8 +163,8 @@ def run_commit(out: Path) -> str:
 def commits_line(outs: list[Path]) -> str:
     """"Runs trained at commit X" (or each commit with its run count) for a table's runs."""
     counts: dict[str, int] = {}
-    for out in outs:
-        counts[run_commit(out)] = counts.get(run_commit(out), 0) + 1
+    for commit in map(run_commit, outs):
+        counts[commit] = counts.get(commit, 0) + 1
     listed = ", ".join(f"`{commit}` ({n} run{'s' * (n > 1)})" for commit, n in counts.items())
     return f"Runs trained at commit {listed}."
 

@@ -108,6 +108,14 @@ def checked_member(shard: Path, key: str, member: str, payload: bytes, size: int
     return payload
 
 
+def read_member(stream: io.BufferedReader, shard: Path, location: SampleLocation, member: str) -> bytes:
+    """One member (``jpg`` or ``json``) of a sample, read from the open ``shard`` and checked
+    (``checked_member``)."""
+    offset, size = getattr(location, f"{member}_offset"), getattr(location, f"{member}_size")
+    crc32 = getattr(location, f"{member}_crc32")
+    return checked_member(shard, location.key, member, read_range(stream, offset, size), size, crc32)
+
+
 def read_range(stream: io.BufferedReader, offset: int, size: int) -> bytes:
     stream.seek(offset)
     return stream.read(size)

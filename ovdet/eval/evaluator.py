@@ -97,21 +97,20 @@ class ShardImages:
 
         from PIL import Image
 
-        from ovdet.data.shards import checked_member, read_range
+        from ovdet.data.shards import read_member
 
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         shard, loc = self.locations[index]
         with open(shard, "rb") as stream:
-            data = checked_member(shard, loc.key, "jpg", read_range(stream, loc.jpg_offset, loc.jpg_size), loc.jpg_size,
-                                  loc.jpg_crc32)  # fmt: skip
+            data = read_member(stream, shard, loc, "jpg")
         return Image.open(io.BytesIO(data)).convert("RGB")
 
 
 def eval_set_from_shards(shard_dir: Path, vocab) -> tuple[dict, ShardImages]:
     """COCO GT (ids from the vocabulary, by category name) and lazy images from a shard folder."""
     from ovdet.data.records import Record
-    from ovdet.data.shards import checked_member, index_tar, read_manifest, read_range
+    from ovdet.data.shards import index_tar, read_manifest, read_member
 
     gt: dict[str, list] = {"images": [], "annotations": [], "categories": [{"id": c.id, "name": c.name} for c in vocab.categories]}
     locations = []
@@ -120,8 +119,7 @@ def eval_set_from_shards(shard_dir: Path, vocab) -> tuple[dict, ShardImages]:
             path = Path(shard_dir) / shard["path"]
             with open(path, "rb") as stream:
                 for loc in index_tar(path):
-                    text = checked_member(path, loc.key, "json", read_range(stream, loc.json_offset, loc.json_size),
-                                          loc.json_size, loc.json_crc32)  # fmt: skip
+                    text = read_member(stream, path, loc, "json")
                     record = Record.from_json(json.loads(text))
                     add_record_to_gt(gt, record, vocab)
                     locations.append((path, loc))
