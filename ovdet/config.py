@@ -190,6 +190,10 @@ class LossConfig:
     image_loss: Literal["max_score_softmax", "max_score", "max_size", "none"] = "max_score_softmax"
     # what loss_image may train: "all", or "similarity" (the per-token logit shift and scale detached)
     image_loss_grad: Literal["similarity", "all"] = "all"
+    # max_score_softmax only: plus this weight x a BCE positive term on each caption name's logit at
+    # its best query, with its gradient only to that query's logit shift (the softmax cannot move the
+    # shift; the box losses push an unannotated object's shift down). 0: off
+    image_loss_objectness: float = 0.0
     # loss_image is off for the first image_loss_start optimizer steps, then its weight rises
     # linearly over image_loss_ramp steps (Detic trains image labels on a box-supervised detector)
     image_loss_start: int = 0
@@ -209,6 +213,11 @@ class LossConfig:
                 raise OvdetError(f"loss.{key}={getattr(self, key)}: must be positive")
         if self.smooth_l1_beta < 0:
             raise OvdetError(f"loss.smooth_l1_beta={self.smooth_l1_beta}: must be at least 0")
+        if self.image_loss_objectness < 0:
+            raise OvdetError(f"loss.image_loss_objectness={self.image_loss_objectness}: must be at least 0")
+        if self.image_loss_objectness and self.image_loss != "max_score_softmax":
+            raise OvdetError(f"loss.image_loss_objectness={self.image_loss_objectness} adds to max_score_softmax; "
+                             f"loss.image_loss is {self.image_loss}")
 
 
 @dataclass

@@ -66,11 +66,17 @@ def run(command: list[str], log: Path) -> None:
         sys.exit(f"failed ({result.returncode}): {' '.join(command)}; see {log}")
 
 
-def prepare_data(out: Path) -> tuple[Path, Path]:
-    """The world (drawn once) and its shards (the shard stage skips shards whose input is unchanged)."""
+def prepare_data(out: Path, world_name: str = "compositional") -> tuple[Path, Path]:
+    """The world ``synth.world=world_name`` (drawn once) and its shards (the shard stage skips shards
+    whose input is unchanged)."""
     world, shards = out / "synth", out / "shards"
-    if not (world / "world.json").exists():
-        run([*OVDET, "synth", "--config", "configs/demo.yaml", "--out", str(world)], out / "logs" / "synth.log")
+    if (world / "world.json").exists():
+        drawn = json.loads((world / "world.json").read_text())["config"].get("world", "compositional")
+        if drawn != world_name:
+            sys.exit(f"{world} holds the {drawn} world, not {world_name}: choose another --out")
+    else:
+        run([*OVDET, "synth", "--config", "configs/demo.yaml", "--out", str(world), f"synth.world={world_name}"],
+            out / "logs" / "synth.log")
     run([*OVDET, "shard", "--config", "configs/data/synthetic.yaml", "--out", str(shards), f"root={world.resolve()}",
          "--overwrite"], out / "logs" / "shard.log")
     return world, shards
@@ -105,7 +111,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 RESULT_NEUTRAL_KEYS = ("train.checkpoint_every", "train.keep_checkpoints", "train.collective_timeout_s")
 
 
-def changed_settings(out: Path, arm: str, train_overrides: list[str]) -> list[str]:
+def changed_settings(out: Path, sources: list[str], train_overrides: list[str]) -> list[str]:
     """The config keys on which the finished run in ``out`` differs from the run now asked for
     (keys the run's config predates count as their defaults)."""
     from ovdet.config import Config, load_config, to_dict
@@ -121,10 +127,10 @@ def changed_settings(out: Path, arm: str, train_overrides: list[str]) -> list[st
     # nothing it computes (resume is bitwise: tests/train): a run interrupted under one setting
     # resumes under another
     keys = [k for k in keys if k not in RESULT_NEUTRAL_KEYS]
-    if "synth-image-text" not in ARMS[arm][1]:
+    if "synth-image-text" not in sources:
         keys = [k for k in keys if not k.startswith(IMAGE_LOSS_KEYS)]
     # a mixing weight of a source the arm does not train on cannot change it
-    return [k for k in keys if not (k.startswith("loader.source_weights.") and k.split(".", 2)[2] not in ARMS[arm][1])]
+    return [k for k in keys if not (k.startswith("loader.source_weights.") and k.split(".", 2)[2] not in sources)]
 
 
 CODE_PATHS = ("ovdet", "pipelines", "configs", "requirements.lock")  # what decides a run's numbers
@@ -169,28 +175,35 @@ def commits_line(outs: list[Path]) -> str:
     return f"Runs trained at commit {listed}."
 
 
-def shard_checksums(shards: Path, arm: str) -> dict[str, list[str]]:
-    """The sha256 of every shard the arm trains on, per source (from the shard manifest)."""
-    manifest = json.loads((shards / "manifest.json").read_text())["sources"]
-    return {name: [shard["sha256"] for shard in manifest[name]["shards"]] for name in ARMS[arm][1]}
+def shard_checksums(shard_dirs: list[Path], sources: list[str]) -> dict[str, list[str]]:
+    """The sha256 of every shard of ``sources``, per source (from the manifests of ``shard_dirs``)."""
+    found = {}
+    for folder in shard_dirs:
+        found.update(json.loads((folder / "manifest.json").read_text())["sources"])
+    return {name: [shard["sha256"] for shard in found[name]["shards"]] for name in sources}
 
 
 def train_and_eval(arm: str, seed: int, args, world: Path, shards: Path, name: str = "",
-                   overrides: tuple[str, ...] = (), steps: int = 0) -> Path:
-    """Train and evaluate one run in ``args.out/NAME-seedS``, reusing a finished run with the same config."""
+                   overrides: tuple[str, ...] = (), steps: int = 0, arms: dict | None = None,
+                   extra_shards: tuple[Path, ...] = ()) -> Path:
+    """Train and evaluate one run in ``args.out/NAME-seedS``, reusing a finished run with the same config.
+    ``arms`` (default ``ARMS``) names each arm's sources, found in ``shards`` and ``extra_shards``;
+    arms with image-text supervision (C and after) are also evaluated with the synonym vocabulary."""
+    arms = arms or ARMS
     steps = steps or args.steps
     out = args.out / (f"{name or arm}-seed{seed}" if steps == args.steps else f"{name or arm}-steps{steps}-seed{seed}")
     eval_overrides = [f"eval.gt={world / 'eval.json'}", f"eval.vocab={world / 'vocab.yaml'}",
                       f"eval.image_root={world / 'images'}"]
-    sources = "[" + ",".join(ARMS[arm][1]) + "]"
+    sources = "[" + ",".join(arms[arm][1]) + "]"
+    shard_dirs = [shards, *extra_shards]
     train_overrides = [
-        f"loader.shard_dirs=[{shards}]", f"loader.sources={sources}", f"train.seed={seed}", f"loader.seed={seed}",
+        f"loader.shard_dirs=[{','.join(map(str, shard_dirs))}]", f"loader.sources={sources}", f"train.seed={seed}", f"loader.seed={seed}",
         f"train.steps={steps}", f"train.checkpoint_every={min(steps, 200)}", f"eval.every={args.eval_every}",
         f"eval.max_images={args.val_images}", *eval_overrides, *overrides,
     ]
-    data = shard_checksums(shards, arm)
+    data = shard_checksums(shard_dirs, arms[arm][1])
     if (out / "train" / "config.json").exists():
-        changed = changed_settings(out, arm, train_overrides)
+        changed = changed_settings(out, arms[arm][1], train_overrides)
         if not (out / "data.json").exists() or json.loads((out / "data.json").read_text()) != data:
             changed.append("training shards")
         stored = json.loads((out / "code.json").read_text()) if (out / "code.json").exists() else {}
@@ -211,7 +224,7 @@ def train_and_eval(arm: str, seed: int, args, world: Path, shards: Path, name: s
     if not (out / "eval" / "metrics.json").exists():
         run([*OVDET, "eval", "--config", "configs/demo.yaml", "--model", str(out / "train" / "final"),
              "--out", str(out / "eval"), *eval_overrides], out / "eval.log")
-    if arm == "C" and not (out / "eval-synonyms" / "metrics.json").exists():
+    if arm >= "C" and not (out / "eval-synonyms" / "metrics.json").exists():
         run([*OVDET, "eval", "--config", "configs/demo.yaml", "--model", str(out / "train" / "final"),
              "--out", str(out / "eval-synonyms"), *eval_overrides[:1], f"eval.vocab={synonym_vocabulary(world, args.out)}",
              eval_overrides[2]], out / "eval-synonyms.log")

@@ -274,6 +274,10 @@ class SetCriterion(nn.Module):
             target[row, targets[b]["image_labels"].to(logits.device).long()] = 1.0
         if self.cfg.image_loss == "max_score_softmax":
             loss = max_score_softmax_loss(logits[rows_t], target.bool(), is_real)
+            if self.cfg.image_loss_objectness:
+                shift_only = shift_only_logits(outputs) if "logit_shift" in outputs else logits
+                loss = loss + self.cfg.image_loss_objectness * best_query_positive_loss(
+                    logits[rows_t], shift_only[rows_t], target.bool())
             return {"loss_image": loss / denominator}
         if self.cfg.image_loss == "max_score":
             image_logits = max_score_logits(logits[rows_t])  # (n, t)
@@ -289,6 +293,28 @@ def similarity_only_logits(outputs: dict[str, Tensor]) -> Tensor:
     padding logit), gradients only to the similarity."""
     logits = (outputs["region_similarity"] + outputs["logit_shift"].detach()) * outputs["logit_scale"].detach()
     return torch.where(text_mask_of(outputs)[:, None, :], logits, outputs["pred_logits"].detach())
+
+
+def shift_only_logits(outputs: dict[str, Tensor]) -> Tensor:
+    """[B, Q, T] ``pred_logits`` rebuilt with only ``logit_shift`` attached (similarity and scale detached)."""
+    logits = (outputs["region_similarity"].detach() + outputs["logit_shift"]) * outputs["logit_scale"].detach()
+    return torch.where(text_mask_of(outputs)[:, None, :], logits, outputs["pred_logits"].detach())
+
+
+def best_query_positive_loss(logits: Tensor, trained: Tensor, is_positive: Tensor) -> Tensor:
+    """Sum over positive (image, text) pairs of -log sigmoid of ``trained`` at the query where ``logits``
+    scores the text highest: the image shows the named thing there (``image_loss_objectness``).
+
+    Args:
+        logits: [N, Q, T] region-text logits (select the query).
+        trained: [N, Q, T] the same values, attached only to what the term may train.
+        is_positive: [N, T] bool, the caption's texts.
+    """
+    rows, texts = is_positive.nonzero(as_tuple=True)  # (k,), (k,)
+    if len(rows) == 0:
+        return zero_loss(trained)
+    best_query = logits[rows, :, texts].detach().argmax(dim=1)  # (k,)
+    return F.softplus(-trained[rows, best_query, texts]).sum()
 
 
 def max_score_softmax_loss(logits: Tensor, is_positive: Tensor, is_real: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ import torch
 
 from ovdet import dist
 from ovdet.config import LossConfig
+from ovdet.errors import OvdetError
 from ovdet.losses.criterion import SetCriterion, count_positives, global_counts, one_to_one, weighted_sum
 from ovdet.losses.matcher import build_matcher
 from ovdet.losses.registry import LOSS_TERMS, weight_names
@@ -222,6 +223,31 @@ def test_max_score_softmax_matches_hand_worked_values(positives, expected):
     losses["loss_image"].backward()
     grad = outputs["pred_logits"].grad[0]
     assert grad.sum(dim=1).abs().max() < 1e-6  # a softmax: adding a constant to a region's logits changes nothing
+
+
+# The same logits from parts: similarity (2, 0, 1) and (1, 3, 0), shift 0, scale 1. Positive {0} peaks
+# at q0; the objectness term adds weight x softplus(-2) = 0.5 x 0.1269; d/d shift[q0] = -0.5 x sigmoid(-2).
+def test_image_loss_objectness_trains_only_the_best_querys_shift():
+    similarity = torch.tensor([[[2.0, 0.0, 1.0], [1.0, 3.0, 0.0]]], requires_grad=True)
+    shift = torch.zeros(1, 2, 1, requires_grad=True)
+    scale = torch.ones(1, 2, 1, requires_grad=True)
+    outputs = {"pred_logits": (similarity + shift) * scale, "pred_boxes": torch.rand(1, 2, 4),
+               "region_similarity": similarity, "logit_shift": shift, "logit_scale": scale}
+    losses = make_criterion(image_loss_objectness=0.5)(outputs, [image_text_target(0)])
+    assert losses["loss_image"].item() == pytest.approx(0.4076 + 0.5 * 0.1269, abs=1e-4)
+    softmax_only = make_criterion()(dict(outputs, pred_logits=(similarity + shift) * scale), [image_text_target(0)])
+    assert softmax_only["loss_image"].item() == pytest.approx(0.4076, abs=1e-4)
+    losses["loss_image"].backward()
+    # the softmax is blind to a query's shift; only the objectness term moves it, at q0 alone
+    assert shift.grad[0, :, 0].tolist() == pytest.approx([-0.5 * torch.sigmoid(torch.tensor(-2.0)).item(), 0.0],
+                                                        abs=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [{"image_loss_objectness": -1.0},
+                                       {"image_loss_objectness": 1.0, "image_loss": "max_score"}])
+def test_image_loss_objectness_settings_are_checked(overrides):
+    with pytest.raises(OvdetError, match="image_loss_objectness"):
+        LossConfig(**overrides)
 
 
 def test_max_score_softmax_ignores_padded_texts():
