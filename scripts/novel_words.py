@@ -54,7 +54,10 @@ VARIANTS = {
     "C-share2": ("C", "image-text source weight 2 instead of 1", ["loader.source_weights={synth-image-text: 2.0}"], []),
     "D-threshold0.1": ("D", "pseudo-label threshold 0.1 instead of 0.3", [], ["pseudo_label.threshold=0.1"]),
     "D-top1": ("D", "pseudo-label top_k 1 instead of 3", [], ["pseudo_label.top_k=1"]),
+    "D-pseudo-w2": ("D", "pseudo-label source weight 2 instead of 1 (its share of samples 2 of 4.5)",
+                    ["loader.source_weights={pseudo-synth-image-text: 2.0}"], []),
 }
+SHORT = {"A": "detection", "B": "+ grounding", "C": "+ image-text", "D": "round 2: + pseudo-labels"}
 MARK_BEGIN, MARK_END = "<!-- novel-words: begin -->", "<!-- novel-words: end -->"
 PLOT = "results_novel_words_ap50_novel.png"
 
@@ -162,7 +165,7 @@ def plot(runs: dict[str, list[Path]], path: Path, val_images: int) -> None:
     figure, axis = plt.subplots(figsize=(6.5, 4))
     for arm, outs in runs.items():
         steps, values = curves(outs)
-        axis.plot(steps, values, marker="o", label=f"{arm}: {NW_ARMS[arm][0]}")
+        axis.plot(steps, values, marker="o", label=f"{arm}: {SHORT[arm]}")
     axis.set_xlabel("training step")
     axis.set_ylabel(f"AP50 novel (first {val_images} eval images)")
     axis.set_title("novel-words world: novel AP50 during training (mean over seeds)")
@@ -231,11 +234,14 @@ def markdown(table: dict, scores: list[dict], args) -> str:
         "name at IoU ≥ 0.5 (each object matched once); recall is over every drawn object of the images.", "",
         "| split | boxes | precision | recall | images labelled |", "|---|---|---|---|---|",
     ]
+    def counts(values: list[float]) -> str:
+        return f"{statistics.mean(values):.0f} ± {statistics.stdev(values) if len(values) > 1 else 0:.0f}"
+
     for split in ("base", "novel"):
-        boxes = mean_spread([s[split]["boxes"] for s in scores])
+        boxes = counts([s[split]["boxes"] for s in scores])
         precision = mean_spread([s[split]["precision"] for s in scores])
         recall = mean_spread([s[split]["recall"] for s in scores])
-        images = mean_spread([s["images"]["labelled"] for s in scores]) if split == "base" else ""
+        images = counts([s["images"]["labelled"] for s in scores]) if split == "base" else ""
         lines.append(f"| {split} | {boxes} | {precision} | {recall} | {images} |")
     lines += ["", "### AP50_novel during training", "", f"![AP50 novel against training steps, arms A-D]({PLOT})", ""]
     if args.variants:
