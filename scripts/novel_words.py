@@ -141,6 +141,18 @@ def train_arms(args, world: Path, shards: Path, seed: int) -> dict[str, Path]:
     return outs
 
 
+def train_long(args, world: Path, shards: Path, seed: int) -> dict[str, Path]:
+    """``--long-arms`` of one seed at ``--long-steps``; D pseudo-labels with the C run of that budget."""
+    outs = {arm: train_and_eval(arm, seed, args, world, shards, overrides=tuple(args.overrides), arms=NW_ARMS,
+                                steps=args.long_steps) for arm in "ABC" if arm in args.long_arms or arm == "C"}
+    if "D" in args.long_arms:
+        outs["pseudo"] = pseudo_label(outs["C"], shards, args.out / f"pseudo-steps{args.long_steps}-seed{seed}",
+                                      args.pseudo_overrides)
+        outs["D"] = train_and_eval("D", seed, args, world, shards, overrides=tuple(args.overrides), arms=NW_ARMS,
+                                   extra_shards=(outs["pseudo"],), steps=args.long_steps)
+    return outs
+
+
 def train_variant(args, world: Path, shards: Path, seed: int, name: str, main: dict[str, Path]) -> Path:
     """One variant's run of one seed: a C variant trains C with its overrides; a D variant labels
     with its rule from the seed's main C run (or from a C run with its training overrides) and
@@ -184,6 +196,9 @@ def command_line(args) -> str:
         command += " --pseudo-overrides " + " ".join(args.pseudo_overrides)
     if args.variants:
         command += " --variants " + " ".join(args.variants)
+    if args.long_steps:
+        command += (f" --long-steps {args.long_steps} --long-seeds {' '.join(map(str, args.long_seeds))}"
+                    f" --long-arms {' '.join(args.long_arms)}")
     return command
 
 
@@ -244,6 +259,25 @@ def markdown(table: dict, scores: list[dict], args) -> str:
         images = counts([s["images"]["labelled"] for s in scores]) if split == "base" else ""
         lines.append(f"| {split} | {boxes} | {precision} | {recall} | {images} |")
     lines += ["", "### AP50_novel during training", "", f"![AP50 novel against training steps, arms A-D]({PLOT})", ""]
+    if args.long_steps:
+        show = mean_spread if len(args.long_seeds) > 1 else (lambda values: f"{values[0]:.3f}")
+        lines += [
+            f"### At {args.long_steps} steps", "",
+            f"Arms {', '.join(args.long_arms)} at {args.long_steps} steps per run and per round, seed(s) "
+            f"{', '.join(map(str, args.long_seeds))}{' (one seed: no spread)' if len(args.long_seeds) == 1 else ''}; "
+            "D's round 1 is the C run of this budget:", "",
+            "| arm | AP50 base | AP50 novel | AP50 HM | AP novel | novel → synonyms AP50 |", "|---|---|---|---|---|---|",
+        ]
+        for arm in args.long_arms:
+            row = table[f"{arm}-long"]
+            synonyms = show(table[f"{arm}-long-synonyms"]["AP50"]["novel"]) if arm >= "C" else ""
+            lines.append(f"| {arm} | {show(row['AP50']['base'])} | {show(row['AP50']['novel'])} | "
+                         f"{show(row['AP50']['hm'])} | {show(row['AP']['novel'])} | {synonyms} |")
+        if "D" in args.long_arms:
+            novel = [s["novel"] for s in table["long-pseudo"]]
+            lines += ["", f"Its pseudo-labels: novel precision {show([n['precision'] for n in novel])}, recall "
+                          f"{show([n['recall'] for n in novel])} ({statistics.mean(n['boxes'] for n in novel):.0f} boxes)."]
+        lines.append("")
     if args.variants:
         lines += [
             "### What was tried", "",
@@ -287,6 +321,9 @@ def main() -> None:
     parser.add_argument("--pseudo-overrides", nargs="*", default=[], help="pseudo_label.* overrides for arm D")
     parser.add_argument("--variants", nargs="*", default=[], choices=list(VARIANTS))
     parser.add_argument("--variant-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--long-steps", type=int, default=0, help="also train --long-arms this long (0: no)")
+    parser.add_argument("--long-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--long-arms", nargs="+", default=["C", "D"], choices=list(NW_ARMS))
     add_code_arguments(parser)
     args = parser.parse_args()
     args.out, args.code = args.out.resolve(), code_state()
@@ -312,6 +349,15 @@ def main() -> None:
         outs = [train_variant(args, world, shards, seed, name, by_seed[seed]) for seed in args.variant_seeds]
         table[name] = metric_lists(outs, "eval")
         print(f"done: variant {name}", flush=True)
+    if args.long_steps:
+        long_runs = [train_long(args, world, shards, seed) for seed in args.long_seeds]
+        for arm in args.long_arms:
+            table[f"{arm}-long"] = metric_lists([outs[arm] for outs in long_runs], "eval")
+            if arm >= "C":
+                table[f"{arm}-long-synonyms"] = metric_lists([outs[arm] for outs in long_runs], "eval-synonyms")
+        if "D" in args.long_arms:
+            table["long-pseudo"] = [score_pseudo_labels(outs["pseudo"], world) for outs in long_runs]
+        print("done: long runs", flush=True)
     args.docs.mkdir(parents=True, exist_ok=True)
     plot(runs, args.docs / PLOT, args.val_images)
     section = markdown(table, scores, args)
