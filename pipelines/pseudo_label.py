@@ -36,7 +36,7 @@ from ovdet.pipelines.shard import finished_shard, ray_session, sidecar_of
 from ovdet.pipelines.shard_report import reason_counts
 
 from ovdet.config import PseudoLabelConfig
-from ovdet.data.records import Record
+from ovdet.data.records import Phrase, Record
 from ovdet.data.shards import MANIFEST, REJECTED, index_tar, read_manifest, read_member, write_tar_atomic
 from ovdet.errors import OvdetError
 from ovdet.fileio import sha256_file, write_json_atomic, write_jsonl_atomic
@@ -91,9 +91,14 @@ def model_identity(model: str) -> dict[str, str]:
     return {"model": str(model), "weights_sha256": sha256_file(weights)}
 
 
+# What a written record holds; raised when that changes, so a re-run relabels finished shards.
+# 2: the caption's names are kept as phrases (the loader never samples them as negatives).
+LABEL_FORMAT = 2
+
+
 def fingerprint(plan: LabelPlan, identity: dict[str, str], cfg: PseudoLabelConfig, pool: list[str]) -> str:
-    payload = json.dumps([plan.input_sha256, plan.source, identity["weights_sha256"], rule_settings(cfg), pool],
-                         sort_keys=True).encode()  # fmt: skip
+    payload = json.dumps([plan.input_sha256, plan.source, identity["weights_sha256"], rule_settings(cfg), pool,
+                          LABEL_FORMAT], sort_keys=True).encode()  # fmt: skip
     return hashlib.sha256(payload).hexdigest()
 
 
@@ -109,6 +114,14 @@ def query_names(record: Record, pool: list[str], negatives: int, seed: int) -> t
     rng = random.Random(f"{seed}:{record.key}")
     others = [name for name in pool if name not in set(names)]
     return names, rng.sample(others, min(negatives, len(others)))
+
+
+def caption_phrases(record: Record, names: list[str]) -> list[Phrase]:
+    """The caption's names as phrases without boxes: the image shows each of them, boxed or not, so
+    the loader never samples one as a negative (``ovdet.data.loader.negatives_of``)."""
+    if record.phrases:
+        return [Phrase(p.text, list(p.spans), []) for p in record.phrases]
+    return [Phrase(name, [], []) for name in names]
 
 
 def select(detections, names: list[str], threshold: float, top_k: int):
@@ -150,6 +163,7 @@ class Labeller:
                 key=record.key, source=source, kind="detection", width=record.width, height=record.height,
                 boxes=[[round(v, 2) for v in d.box_xyxy] for d in kept], category_ids=[-1] * len(kept),
                 category_names=[d.label for d in kept], is_crowd=[0] * len(kept), caption=record.caption,
+                phrases=caption_phrases(record, names),
                 meta={**record.meta, "pseudo_label": {"from": plan.source, "scores": [round(d.score, 5) for d in kept],
                                                       **self.identity, "threshold": cfg.threshold}},
             )  # fmt: skip

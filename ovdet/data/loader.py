@@ -379,9 +379,12 @@ def negatives_of(
     records: list[Record], positives: list[str], pool: list[str], cfg: LoaderConfig, rng
 ) -> list[str]:
     """Up to ``cfg.num_negatives`` texts for an image showing ``records`` (one, or a Mosaic's or
-    MixUp's several), none a positive's or a crowd box's of any of them: from ``pool``, or, when some
+    MixUp's several), none a positive's, a crowd box's or a caption phrase's of any of them: from ``pool``, or, when some
     have federated labels (``meta["federated"]``), as ``federated_negatives`` says."""
     exclude = set(positives).union(*(texts_of(r.category_names, r.kind) for r in records))
+    # what a caption names is in the image, boxed or not (a pseudo-labelled caption name left without a
+    # box): never a negative
+    exclude = exclude.union(*(texts_of([p.text for p in r.phrases], r.kind) for r in records))
     federated = [r for r in records if r.meta.get("federated")]
     if federated:
         return federated_negatives(federated, exclude, pool, cfg, rng)

@@ -261,6 +261,17 @@ def test_negatives_are_fewer_when_the_pool_is_small_and_skip_crowd_names():
     assert sample["labels"].tolist() == [0] and len(sample["boxes"]) == 1
 
 
+def test_a_caption_name_without_a_box_is_never_a_negative():
+    """A pseudo-labelled image (``ovdet pseudo-label``): its caption names a dog that got no box above
+    the threshold; the dog is still in the image, so "dog" is no negative, and "cat" stays a positive."""
+    record = Record(key="p", source="pseudo", kind="detection", width=48, height=32, boxes=[[1, 1, 9, 9]],
+                    category_ids=[-1], category_names=["cat"], is_crowd=[0], caption="a cat and a dog.",
+                    phrases=[Phrase("cat", [(2, 5)], []), Phrase("dog", [(12, 15)], [])])  # fmt: skip
+    sample = sample_of(record, ["cat", "dog", "person", "bird"], num_negatives=60, template_probability=0.0)
+    assert sample["texts"] == ["cat", "person", "bird"]
+    assert sample["labels"].tolist() == [0]
+
+
 def test_image_text_negatives_skip_pool_phrases_that_overlap_a_positive():
     record = Record(key="i", source="s", kind="image_text", width=48, height=32,
                     caption="a red heart on a textured background and a blue star.")  # fmt: skip

@@ -56,6 +56,8 @@ def test_boxes_name_only_caption_names_with_scores_and_provenance_and_counts_bal
         caption_names = source_record.caption_labels()
         assert set(record.category_names) <= set(caption_names)
         assert all(record.category_names.count(n) <= RULE["top_k"] for n in caption_names)
+        # every caption name stays with the image, boxed or not, so the loader never makes it a negative
+        assert [p.text for p in record.phrases] == caption_names and not any(p.box_indices for p in record.phrases)
         provenance = record.meta["pseudo_label"]
         assert len(provenance["scores"]) == len(record.boxes) == len(record.category_names)
         assert provenance["from"] == "synth-image-text" and provenance["weights_sha256"]
