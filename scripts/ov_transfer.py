@@ -290,7 +290,7 @@ def plot(runs: dict[str, list[Path]], path: Path, val_images: int) -> None:
 def results_markdown(table: dict, args, plot_name: str) -> str:
     command = f".venv/bin/python scripts/ov_transfer.py --steps {args.steps} --seeds {' '.join(map(str, args.seeds))}"
     if args.variants != list(VARIANTS):
-        command += " --variants " + " ".join(args.variants)
+        command += (" --variants " + " ".join(args.variants)).rstrip()
     if args.variants:
         command += " --variant-seeds " + " ".join(map(str, args.variant_seeds))
     if args.long_steps:
