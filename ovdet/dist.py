@@ -94,6 +94,35 @@ def init_distributed(timeout_s: float = 1800.0) -> None:
     if not is_initialized():
         deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else None, verbose=False,
                                    timeout=timedelta(seconds=timeout_s))
+        _unlink_shm_allreduce_buffer()
+
+
+SHM_DIR = "/dev/shm"
+
+
+def shm_allreduce_buffer_path(rank_: int | None = None) -> str:
+    """Where DeepSpeed's CPU shared-memory all-reduce keeps this rank's workspace (``shm.cpp``: the
+    name is built from the user id, ``MASTER_ADDR``, ``MASTER_PORT`` and the rank)."""
+    rank_ = rank() if rank_ is None else rank_
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank_}")
+    return os.path.join(SHM_DIR, name)
+
+
+def _unlink_shm_allreduce_buffer() -> None:
+    """DeepSpeed's CPU accelerator maps one ~69 MB shared-memory workspace per rank (when every rank
+    is local) and never unlinks it: each run left its files in /dev/shm, which is RAM, until a
+    machine ran out of memory. Once every rank has mapped every peer's workspace (they all returned
+    from ``init_distributed``: the barrier), each rank unlinks its own name; the mappings stay
+    valid until the processes exit, and the memory is freed with the last of them."""
+    if world_size() > 1:
+        import torch.distributed as torch_dist
+
+        torch_dist.barrier()
+    try:
+        os.unlink(shm_allreduce_buffer_path())
+    except FileNotFoundError:
+        pass
 
 
 def free_port() -> int:
