@@ -46,7 +46,8 @@ NW_ARMS = {
           [*ARMS["C"][1], PSEUDO_SOURCE]),
 }
 # What was tried when a target was missed: name -> (arm, what changed, training overrides,
-# pseudo-label overrides). A D variant pseudo-labels with the C run of the same seed and main settings.
+# pseudo-label overrides). A D variant pseudo-labels with the C run of the same seed and main settings
+# (round 3: with its D run); its training overrides change round 2 only.
 VARIANTS = {
     "C-max-score": ("C", "image loss max_score BCE (MIL over queries) instead of max_score_softmax",
                     ["loss.image_loss=max_score"], []),
@@ -56,7 +57,9 @@ VARIANTS = {
     "D-top1": ("D", "pseudo-label top_k 1 instead of 3", [], ["pseudo_label.top_k=1"]),
     "D-pseudo-w2": ("D", "pseudo-label source weight 2 instead of 1 (its share of samples 2 of 4.5)",
                     ["loader.source_weights={pseudo-synth-image-text: 2.0}"], []),
+    "D-round3": ("D", "round 3: labelled by the round-2 (arm D) model instead of arm C's", [], []),
 }
+ROUND3 = "D-round3"  # its teacher is the seed's arm D run
 SHORT = {"A": "detection", "B": "+ grounding", "C": "+ image-text", "D": "round 2: + pseudo-labels"}
 MARK_BEGIN, MARK_END = "<!-- novel-words: begin -->", "<!-- novel-words: end -->"
 PLOT = "results_novel_words_ap50_novel.png"
@@ -153,19 +156,21 @@ def train_long(args, world: Path, shards: Path, seed: int) -> dict[str, Path]:
     return outs
 
 
-def train_variant(args, world: Path, shards: Path, seed: int, name: str, main: dict[str, Path]) -> Path:
-    """One variant's run of one seed: a C variant trains C with its overrides; a D variant labels
-    with its rule from the seed's main C run (or from a C run with its training overrides) and
-    trains round 2 with them."""
+def train_variant(args, world: Path, shards: Path, seed: int, name: str, main: dict[str, Path],
+                  steps: int | None = None) -> Path:
+    """One variant's run of one seed at ``steps`` (default ``--steps``; ``main`` holds the seed's runs
+    of that budget): a C variant trains C with its overrides; a D variant labels with its rule from
+    the seed's main C run (round 3: from the main D run) and trains round 2 with its overrides."""
     arm, _, overrides, pseudo_overrides = VARIANTS[name]
     overrides = (*args.overrides, *overrides)
     if arm == "C":
-        return train_and_eval("C", seed, args, world, shards, name, overrides, arms=NW_ARMS)
-    c_run = main["C"] if overrides == tuple(args.overrides) else train_and_eval(
-        "C", seed, args, world, shards, f"{name}-round1", overrides, arms=NW_ARMS)
-    pseudo = pseudo_label(c_run, shards, args.out / f"{name}-pseudo-seed{seed}",
+        return train_and_eval("C", seed, args, world, shards, name, overrides, arms=NW_ARMS, steps=steps)
+    teacher = main["D"] if name == ROUND3 else main["C"]
+    budget = f"-steps{steps}" if steps and steps != args.steps else ""
+    pseudo = pseudo_label(teacher, shards, args.out / f"{name}-pseudo{budget}-seed{seed}",
                           [*args.pseudo_overrides, *pseudo_overrides])
-    return train_and_eval("D", seed, args, world, shards, name, overrides, arms=NW_ARMS, extra_shards=(pseudo,))
+    return train_and_eval("D", seed, args, world, shards, name, overrides, arms=NW_ARMS, extra_shards=(pseudo,),
+                          steps=steps)
 
 
 def plot(runs: dict[str, list[Path]], path: Path, val_images: int) -> None:
@@ -196,6 +201,10 @@ def command_line(args) -> str:
         command += " --pseudo-overrides " + " ".join(args.pseudo_overrides)
     if args.variants:
         command += " --variants " + " ".join(args.variants)
+        if args.variant_seeds != [0]:
+            command += " --variant-seeds " + " ".join(map(str, args.variant_seeds))
+        if args.variants_long:
+            command += " --variants-long"
     if args.long_steps:
         command += (f" --long-steps {args.long_steps} --long-seeds {' '.join(map(str, args.long_seeds))}"
                     f" --long-arms {' '.join(args.long_arms)}")
@@ -279,20 +288,35 @@ def markdown(table: dict, scores: list[dict], args) -> str:
                           f"{show([n['recall'] for n in novel])} ({statistics.mean(n['boxes'] for n in novel):.0f} boxes)."]
         lines.append("")
     if args.variants:
+        budget = args.long_steps if args.variants_long else args.steps
         lines += [
             "### What was tried", "",
-            f"One change each against the main settings, seed(s) {', '.join(map(str, args.variant_seeds))} "
-            "(screening: differences below the table's seed spread are noise). A D variant is round 2 on the "
-            "pseudo-labels of the same-seed C run, labelled with the changed rule.", "",
-            "| run | what changed | AP50 base | AP50 novel | AP50 HM | novel − A novel |", "|---|---|---|---|---|---|",
+            f"One change each against the main settings at {budget} steps, seed(s) "
+            f"{', '.join(map(str, args.variant_seeds))} (screening: differences below the table's seed spread are "
+            "noise). A D variant is round 2 on the pseudo-labels of the same-seed C run of that budget, labelled "
+            "with the changed rule; round 3 is labelled by the same-seed D run.", "",
+            "| run | what changed | AP50 base | AP50 novel | AP50 HM | novel − C novel | novel → synonyms AP50 |",
+            "|---|---|---|---|---|---|---|",
         ]
-        a_novel = statistics.mean(table["A-variant-seeds"]["AP50"]["novel"])
-        rows = [(arm, NW_ARMS[arm][0], table[f"{arm}-variant-seeds"]) for arm in ("A", "C", "D")]
+        c_novel = statistics.mean(table["C-variant-seeds"]["AP50"]["novel"])
+        rows = [(arm, NW_ARMS[arm][0], table[f"{arm}-variant-seeds"]) for arm in ("A", "C", "D")
+                if f"{arm}-variant-seeds" in table]
         rows += [(name, VARIANTS[name][1], table[name]) for name in args.variants]
         for name, what, row in rows:
             cells = [f"{statistics.mean(row['AP50'][p]):.3f}" for p in ("base", "novel", "hm")]
+            synonyms = row.get("synonyms")
             lines.append(f"| {name} | {what} | " + " | ".join(cells)
-                         + f" | {statistics.mean(row['AP50']['novel']) - a_novel:+.3f} |")
+                         + f" | {statistics.mean(row['AP50']['novel']) - c_novel:+.3f} | "
+                         + (f"{statistics.mean(synonyms['AP50']['novel']):.3f}" if synonyms else "") + " |")
+        pseudo = [(name, table[f"{name}-pseudo"]) for name in args.variants if f"{name}-pseudo" in table]
+        show = mean_spread if len(args.variant_seeds) > 1 else (lambda values: f"{values[0]:.3f}")
+        if pseudo:
+            lines += ["", "Their pseudo-labels against the hidden ground truth (novel objects):", "",
+                      "| run | novel boxes | novel precision | novel recall |", "|---|---|---|---|"]
+            for name, scored in pseudo:
+                novel = [s["novel"] for s in scored]
+                lines.append(f"| {name} | {statistics.mean(n['boxes'] for n in novel):.0f} | "
+                             f"{show([n['precision'] for n in novel])} | {show([n['recall'] for n in novel])} |")
         lines.append("")
     return "\n".join(lines + [MARK_END])
 
@@ -321,6 +345,8 @@ def main() -> None:
     parser.add_argument("--pseudo-overrides", nargs="*", default=[], help="pseudo_label.* overrides for arm D")
     parser.add_argument("--variants", nargs="*", default=[], choices=list(VARIANTS))
     parser.add_argument("--variant-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--variants-long", action="store_true",
+                        help="train the variants at --long-steps against the long runs (default: at --steps)")
     parser.add_argument("--long-steps", type=int, default=0, help="also train --long-arms this long (0: no)")
     parser.add_argument("--long-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--long-arms", nargs="+", default=["C", "D"], choices=list(NW_ARMS))
@@ -339,18 +365,34 @@ def main() -> None:
     table = {arm: metric_lists(outs, "eval") for arm, outs in runs.items()}
     table.update({f"{arm}-synonyms": metric_lists(runs[arm], "eval-synonyms") for arm in ("C", "D")})
     table["commits"] = commits_line([out for outs in runs.values() for out in outs])
+    long_runs = [train_long(args, world, shards, seed) for seed in args.long_seeds] if args.long_steps else []
     if args.variants:
-        for seed in args.variant_seeds:
-            if seed not in by_seed:
-                by_seed[seed] = train_arms(args, world, shards, seed)
+        if args.variants_long:
+            missing = sorted(set(args.variant_seeds) - set(args.long_seeds))
+            if not args.long_steps or missing or not {"C", "D"} <= set(args.long_arms):
+                parser.error(f"--variants-long needs --long-steps, --long-arms C D and every --variant-seeds in "
+                             f"--long-seeds (missing {missing})")
+            main_runs = {seed: outs for seed, outs in zip(args.long_seeds, long_runs, strict=True)}
+        else:
+            for seed in args.variant_seeds:
+                if seed not in by_seed:
+                    by_seed[seed] = train_arms(args, world, shards, seed)
+            main_runs = by_seed
         for arm in ("A", "C", "D"):
-            table[f"{arm}-variant-seeds"] = metric_lists([by_seed[s][arm] for s in args.variant_seeds], "eval")
-    for name in args.variants:
-        outs = [train_variant(args, world, shards, seed, name, by_seed[seed]) for seed in args.variant_seeds]
-        table[name] = metric_lists(outs, "eval")
-        print(f"done: variant {name}", flush=True)
+            if all(arm in main_runs[s] for s in args.variant_seeds):
+                table[f"{arm}-variant-seeds"] = metric_lists([main_runs[s][arm] for s in args.variant_seeds], "eval")
+        steps = args.long_steps if args.variants_long else None
+        for name in args.variants:
+            outs = [train_variant(args, world, shards, seed, name, main_runs[seed], steps)
+                    for seed in args.variant_seeds]
+            table[name] = metric_lists(outs, "eval")
+            table[name]["synonyms"] = metric_lists(outs, "eval-synonyms")
+            if VARIANTS[name][0] == "D":
+                budget = f"-steps{steps}" if steps and steps != args.steps else ""
+                table[f"{name}-pseudo"] = [score_pseudo_labels(args.out / f"{name}-pseudo{budget}-seed{seed}", world)
+                                           for seed in args.variant_seeds]
+            print(f"done: variant {name}", flush=True)
     if args.long_steps:
-        long_runs = [train_long(args, world, shards, seed) for seed in args.long_seeds]
         for arm in args.long_arms:
             table[f"{arm}-long"] = metric_lists([outs[arm] for outs in long_runs], "eval")
             if arm >= "C":

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ov_transfer import (  # noqa: E402
+    NOTES_MARKER,
     OVDET,
     REPO,
     add_code_arguments,
@@ -189,7 +190,9 @@ def main() -> None:
                 nms_rows.append({**row(method, "", [evaluate_with_nms(o, method, world) for o in outs], overrides,
                                        f"eval-nms-{method}"), "name": method})
     (args.out / "table.json").write_text(json.dumps({"rows": rows, "nms": nms_rows}, indent=1))
-    (args.docs / "recipes.md").write_text(markdown(rows, nms_rows, args))
+    recipes = args.docs / "recipes.md"
+    notes = recipes.read_text().partition(NOTES_MARKER)[2] if recipes.exists() else ""
+    recipes.write_text(markdown(rows, nms_rows, args) + NOTES_MARKER + (notes or "\n"))
     print((args.docs / "recipes.md").read_text())
 
 
