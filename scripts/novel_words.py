@@ -286,6 +286,17 @@ def markdown(table: dict, scores: list[dict], args) -> str:
             novel = [s["novel"] for s in table["long-pseudo"]]
             lines += ["", f"Its pseudo-labels: novel precision {show([n['precision'] for n in novel])}, recall "
                           f"{show([n['recall'] for n in novel])} ({statistics.mean(n['boxes'] for n in novel):.0f} boxes)."]
+        if {"C", "D"} <= set(args.long_arms):
+            c_long, d_long = table["C-long"]["AP50"], table["D-long"]["AP50"]
+            gains = [d - c for d, c in zip(d_long["novel"], c_long["novel"], strict=True)]
+            c_mean = {part: statistics.mean(values) for part, values in c_long.items()}
+            lines += [
+                "", f"D − C novel AP50 per seed: {', '.join(f'{g:+.3f}' for g in gains)} (mean {show(gains)}).", "",
+                f"Targets at {args.long_steps} steps (arm A at {args.steps} steps: no box or phrase carries a novel word):",
+                "", target("C AP50_novel ≥ A AP50_novel + 0.15", c_mean["novel"], a["novel"] + 0.15),
+                target("C AP50_novel ≥ 0.5 × C AP50_base", c_mean["novel"], 0.5 * c_mean["base"]),
+                target("D AP50_novel ≥ C AP50_novel + 0.05", statistics.mean(d_long["novel"]), c_mean["novel"] + 0.05),
+            ]
         lines.append("")
     if args.variants:
         budget = args.long_steps if args.variants_long else args.steps
@@ -380,7 +391,10 @@ def main() -> None:
             main_runs = by_seed
         for arm in ("A", "C", "D"):
             if all(arm in main_runs[s] for s in args.variant_seeds):
-                table[f"{arm}-variant-seeds"] = metric_lists([main_runs[s][arm] for s in args.variant_seeds], "eval")
+                outs = [main_runs[s][arm] for s in args.variant_seeds]
+                table[f"{arm}-variant-seeds"] = metric_lists(outs, "eval")
+                if arm >= "C":
+                    table[f"{arm}-variant-seeds"]["synonyms"] = metric_lists(outs, "eval-synonyms")
         steps = args.long_steps if args.variants_long else None
         for name in args.variants:
             outs = [train_variant(args, world, shards, seed, name, main_runs[seed], steps)
