@@ -156,6 +156,12 @@ def train_long(args, world: Path, shards: Path, seed: int) -> dict[str, Path]:
     return outs
 
 
+def variant_pseudo_dir(args, name: str, seed: int, steps: int | None) -> Path:
+    """Where a D variant's pseudo-labels of one seed and budget are written."""
+    budget = f"-steps{steps}" if steps and steps != args.steps else ""
+    return args.out / f"{name}-pseudo{budget}-seed{seed}"
+
+
 def train_variant(args, world: Path, shards: Path, seed: int, name: str, main: dict[str, Path],
                   steps: int | None = None) -> Path:
     """One variant's run of one seed at ``steps`` (default ``--steps``; ``main`` holds the seed's runs
@@ -166,8 +172,7 @@ def train_variant(args, world: Path, shards: Path, seed: int, name: str, main: d
     if arm == "C":
         return train_and_eval("C", seed, args, world, shards, name, overrides, arms=NW_ARMS, steps=steps)
     teacher = main["D"] if name == ROUND3 else main["C"]
-    budget = f"-steps{steps}" if steps and steps != args.steps else ""
-    pseudo = pseudo_label(teacher, shards, args.out / f"{name}-pseudo{budget}-seed{seed}",
+    pseudo = pseudo_label(teacher, shards, variant_pseudo_dir(args, name, seed, steps),
                           [*args.pseudo_overrides, *pseudo_overrides])
     return train_and_eval("D", seed, args, world, shards, name, overrides, arms=NW_ARMS, extra_shards=(pseudo,),
                           steps=steps)
@@ -402,8 +407,7 @@ def main() -> None:
             table[name] = metric_lists(outs, "eval")
             table[name]["synonyms"] = metric_lists(outs, "eval-synonyms")
             if VARIANTS[name][0] == "D":
-                budget = f"-steps{steps}" if steps and steps != args.steps else ""
-                table[f"{name}-pseudo"] = [score_pseudo_labels(args.out / f"{name}-pseudo{budget}-seed{seed}", world)
+                table[f"{name}-pseudo"] = [score_pseudo_labels(variant_pseudo_dir(args, name, seed, steps), world)
                                            for seed in args.variant_seeds]
             print(f"done: variant {name}", flush=True)
     if args.long_steps:
