@@ -20,6 +20,7 @@ import yaml
 from ovdet import fileio
 from ovdet.errors import OvdetError
 from ovdet.losses.registry import default_weights, weight_names
+from ovdet.recipes import apply_recipe
 
 # Keys that no longer exist, with why: loading a config that sets one says so instead of "unknown key".
 REMOVED_KEYS = {
@@ -333,6 +334,9 @@ class Config:
     """The whole tree; ``run_dir`` holds every stage's output."""
 
     run_dir: str = "runs/demo"
+    # a training recipe of ovdet/recipes.py (owl, glip, yolo-world) filled in under the config's own
+    # keys; "" (none): the defaults below, which are the owl recipe's
+    recipe: str = ""
     synth: SynthConfig = field(default_factory=SynthConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
@@ -351,6 +355,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, cls
         raw = read_yaml(path)
     for item in overrides or []:
         apply_override(raw, item)
+    if cls is Config:
+        raw = apply_recipe(raw, source)
     return build(cls, raw, source, prefix="")
 
 

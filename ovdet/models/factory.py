@@ -67,7 +67,7 @@ def check_hf_heads(cfg: ModelConfig, model_type: str) -> None:
     """A transformers model keeps its own heads: refuse what it has no head for, one line naming the key."""
     if cfg.box_head != "direct":
         raise OvdetError(f"model.box_head={cfg.box_head} needs an ovdet head; {cfg.name} keeps its own box head "
-                         "(model.box_head=direct)")
+                         "(model.box_head=direct, or recipe=owl: the demo config trains recipe yolo-world)")
     trainable = HF_QUALITY.get(model_type, ("none",))
     if cfg.quality not in trainable:
         raise OvdetError(f"model.quality={cfg.quality}: {cfg.name} ({model_type}) has no such head; "

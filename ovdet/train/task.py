@@ -67,7 +67,7 @@ def check_recipe(detector: nn.Module, loss_cfg: LossConfig) -> None:
     name = detector.spec.get("name", "this model")
     if loss_cfg.assigner != "hungarian" and not getattr(detector, "has_token_grid", False):
         raise OvdetError(f"loss.assigner={loss_cfg.assigner} needs priors from a grid of region tokens; {name}'s "
-                         "queries are not a grid (loss.assigner=hungarian)")
+                         "queries are not a grid (loss.assigner=hungarian, or recipe=owl)")
     if loss_cfg.classification == "softmax" and detector.spec.get("kind") == "hf":
         raise OvdetError(f"loss.classification=softmax needs a no-object logit per query; {name} keeps its own "
                          "class head (loss.classification=focal or bce)")
