@@ -123,7 +123,7 @@ def published(request, world, tiny_models, tmp_path_factory) -> PublishedRun:
     run = tmp_path_factory.mktemp(f"hf-run-{kind}")
     for name in ("synth", "shards"):
         (run / name).symlink_to(world.root / name)
-    overrides = [f"model.name=hf:{tiny_models[kind]}", "loader.image_size=64", "loader.num_workers=0",
+    overrides = ["recipe=owl", f"model.name=hf:{tiny_models[kind]}", "loader.image_size=64", "loader.num_workers=0",
                  "loader.batch_size=4", "loader.num_negatives=8", f"loader.shard_dirs=[{run / 'shards'}]",
                  "loader.sources=[]", "train.threads=1", "train.steps=4", "train.warmup_steps=1",
                  "train.log_every=1", "train.checkpoint_every=4"]  # fmt: skip

@@ -1,7 +1,7 @@
 """Same code, same seed, same machine -> identical numbers.
 
-Two runs from scratch with the thread and worker settings of `make demo` and scripts/ov_transfer.py
-(torch's default threads: 2 on this machine; one loader worker process), each evaluated: the loss
+Two runs from scratch with the recipe (YOLO-World's: TAL, DFL, mosaic) and the thread and worker settings
+of `make demo` (torch's default threads: 2 on this machine; one loader worker process), each evaluated: the loss
 curves, the weights and every metric are bitwise equal. Dependency versions are the third input:
 `make` installs them from requirements.lock (tests/test_packaging.py).
 """
@@ -29,7 +29,7 @@ def test_the_same_seed_trains_and_evaluates_to_identical_numbers(tiny_shards, tm
     for name in ("first", "second"):
         out = tmp_path / name
         result = run_train(out / "train", tiny_shards, train__threads=2, loader__num_workers=1,
-                           train__checkpoint_every=0, train__seed=3)  # fmt: skip
+                           train__checkpoint_every=0, train__seed=3, recipe="yolo-world")  # fmt: skip
         assert result.returncode == 0, describe(result)
         assert main(["eval", "--model", str(out / "train" / "final"), "--gt", str(world / "eval.json"),
                      "--vocab", str(world / "vocab.yaml"), "--out", str(out / "eval")]) == 0  # fmt: skip

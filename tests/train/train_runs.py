@@ -26,6 +26,7 @@ TWO_RANKS = {"train__zero_stage": 2, "loader__batch_size": 2}  # 2 ranks x 2 = t
 def tiny_overrides(shards: Path, **extra) -> list[str]:
     """The tiny model on the tiny world, one thread, no workers; ``extra`` as dotted overrides."""
     values = {
+        "recipe": "owl",  # the trainer's mechanics are tested on the OWL recipe (the demo trains YOLO-World's)
         "model.name": "tiny-vit-minilm",
         "model.feature_indices": "[1]",
         "loader.image_size": 64,
