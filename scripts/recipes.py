@@ -128,22 +128,34 @@ def markdown(rows: list[dict], nms_rows: list[dict], args) -> str:
         "Values are mean ± standard deviation over seeds. steps/s: median training throughput of the fastest "
         "seed (other jobs on the machine only slow a run down); assign ms: one "
         "assignment of a demo-shaped batch (8 images, 144 tokens, 64 texts, 1-8 boxes), median of 20. Overrides "
-        "are in `RECIPES` / `VARIANTS` of `scripts/recipes.py`; every option is described in `docs/losses.md`.", "",
-        "| recipe | what | AP50 base | AP50 novel | AP50 HM | AP base | AP novel | AP HM | steps/s | assign ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "are in `RECIPES` / `VARIANTS` of `scripts/recipes.py`; every option is described in `docs/losses.md`.",
     ]
-    for r in rows:
-        cells = [mean_spread(r["AP50"][p]) for p in ("base", "novel", "hm")] + [mean_spread(r["AP"][p]) for p in ("base", "novel", "hm")]
-        lines.append(f"| {r['name']} | {r['what']} | " + " | ".join(cells)
-                     + f" | {max(r['steps_per_s']):.2f} | {r['assign_ms']:.2f} |")
+    recipes = [r for r in rows if r["name"] in RECIPES]
+    variants = [r for r in rows if r["name"] in VARIANTS]
+    if recipes:
+        lines += ["", *TABLE_HEADER, *[table_line(r) for r in recipes]]
+    if variants:
+        lines += ["", "## Single-factor variants of the `owl` recipe", "",
+                  "Each changes one setting of the OWL recipe (the overrides in `VARIANTS`); same world, seeds and budget.", "",
+                  *TABLE_HEADER, *[table_line(r) for r in variants]]
     lines += ["", commits_line([Path(run) for r in rows for run in r["runs"]])]
-    lines += ["", f"## NMS after the `{NMS_RECIPE}` recipe (same models, evaluated again)", "",
-              "| eval.nms | AP50 base | AP50 novel | AP50 HM | AP base | AP novel | AP HM |", "|---|---|---|---|---|---|---|"]
+    if nms_rows:
+        lines += ["", f"## NMS after the `{NMS_RECIPE}` recipe (same models, evaluated again)", "",
+                  "| eval.nms | AP50 base | AP50 novel | AP50 HM | AP base | AP novel | AP HM |", "|---|---|---|---|---|---|---|"]
     for r in nms_rows:
         cells = [mean_spread(r["AP50"][p]) for p in ("base", "novel", "hm")] + [mean_spread(r["AP"][p]) for p in ("base", "novel", "hm")]
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
-    lines += ["", "## The demo default", "", verdict(rows), ""]
+    lines += ["", "## The demo default", "", verdict(recipes), ""]
     return "\n".join(lines) + "\n"
+
+
+TABLE_HEADER = ("| recipe | what | AP50 base | AP50 novel | AP50 HM | AP base | AP novel | AP HM | steps/s | assign ms |",
+                "|---|---|---|---|---|---|---|---|---|---|")
+
+
+def table_line(r: dict) -> str:
+    cells = [mean_spread(r["AP50"][p]) for p in ("base", "novel", "hm")] + [mean_spread(r["AP"][p]) for p in ("base", "novel", "hm")]
+    return (f"| {r['name']} | {r['what']} | " + " | ".join(cells) + f" | {max(r['steps_per_s']):.2f} | {r['assign_ms']:.2f} |")
 
 
 def verdict(rows: list[dict]) -> str:
