@@ -182,6 +182,19 @@ def test_quality_scores_a_transformers_model_has_no_head_for_are_refused(folders
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_the_demo_config_names_the_recipe_a_transformers_model_trains(folders, kind):
+    """configs/demo.yaml trains YOLO-World's recipe (a DFL box head); a transformers model keeps its own
+    box head, and the error says which recipe it trains."""
+    from ovdet.config import load_config
+    from ovdet.errors import OvdetError
+
+    name = "model.name=hf:" + str(folders[kind])
+    with pytest.raises(OvdetError, match=r"model\.box_head=dfl needs an ovdet head; .*\(model\.box_head=direct, or recipe=owl"):
+        create_detector(load_config("configs/demo.yaml", [name]).model)
+    assert create_detector(load_config("configs/demo.yaml", [name, "recipe=owl"]).model).spec["kind"] == "hf"
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_model_trained_at_another_size_exports_a_folder_that_runs_natively_at_it(folders, kind, tmp_path):
     """OWL at 96 px interpolates its 64 px position embeddings in every forward; the exported
     folder has them baked in, so transformers alone (no interpolate flag) gives ovdet's outputs."""
