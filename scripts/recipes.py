@@ -142,9 +142,7 @@ def markdown(rows: list[dict], nms_rows: list[dict], args) -> str:
     if nms_rows:
         lines += ["", f"## NMS after the `{NMS_RECIPE}` recipe (same models, evaluated again)", "",
                   "| eval.nms | AP50 base | AP50 novel | AP50 HM | AP base | AP novel | AP HM |", "|---|---|---|---|---|---|---|"]
-    for r in nms_rows:
-        cells = [mean_spread(r["AP50"][p]) for p in ("base", "novel", "hm")] + [mean_spread(r["AP"][p]) for p in ("base", "novel", "hm")]
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    lines += [f"| {r['name']} | " + " | ".join(metric_cells(r)) + " |" for r in nms_rows]
     lines += ["", "## The demo default", "", verdict(recipes), ""]
     return "\n".join(lines) + "\n"
 
@@ -153,9 +151,14 @@ TABLE_HEADER = ("| recipe | what | AP50 base | AP50 novel | AP50 HM | AP base | 
                 "|---|---|---|---|---|---|---|---|---|---|")
 
 
+def metric_cells(r: dict) -> list[str]:
+    """AP50 then AP, each base / novel / HM, as mean ± spread."""
+    return [mean_spread(r[metric][part]) for metric in ("AP50", "AP") for part in ("base", "novel", "hm")]
+
+
 def table_line(r: dict) -> str:
-    cells = [mean_spread(r["AP50"][p]) for p in ("base", "novel", "hm")] + [mean_spread(r["AP"][p]) for p in ("base", "novel", "hm")]
-    return (f"| {r['name']} | {r['what']} | " + " | ".join(cells) + f" | {max(r['steps_per_s']):.2f} | {r['assign_ms']:.2f} |")
+    return (f"| {r['name']} | {r['what']} | " + " | ".join(metric_cells(r))
+            + f" | {max(r['steps_per_s']):.2f} | {r['assign_ms']:.2f} |")
 
 
 def verdict(rows: list[dict]) -> str:

@@ -183,10 +183,11 @@ def test_a_recipe_fills_in_its_settings(tmp_path):
 def test_the_owl_recipe_is_the_defaults_and_every_recipe_sets_the_same_keys():
     defaults = Config()
     assert all(setting(load_config(None, ["recipe=owl"]), k) == setting(defaults, k) for k in RECIPE_KEYS)
+    alone = {name: load_config(None, [f"recipe={name}"]) for name in RECIPES}
     for name in RECIPES:  # so switching recipe never leaves another recipe's setting behind
-        others = {other: load_config(None, [f"recipe={name}", f"recipe={other}"]) for other in RECIPES}
-        for other, cfg in others.items():
-            assert all(setting(cfg, k) == setting(load_config(None, [f"recipe={other}"]), k) for k in RECIPE_KEYS)
+        for other in RECIPES:
+            switched = load_config(None, [f"recipe={name}", f"recipe={other}"])
+            assert all(setting(switched, k) == setting(alone[other], k) for k in RECIPE_KEYS)
     assert {name: sorted(recipe) for name, recipe in RECIPES.items()} == {name: ["loader", "loss", "model"] for name in RECIPES}
     assert len({str(sorted(r["loss"]["weights"])) for r in RECIPES.values()}) == 1
 
